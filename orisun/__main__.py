@@ -1,0 +1,5 @@
+import sys
+
+from orisun.cli import main
+
+sys.exit(main())

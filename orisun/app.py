@@ -1,0 +1,163 @@
+"""The Orisun server's lifecycle: start its parts in order, run, stop them in reverse.
+
+Start-up order is NATS → PostgreSQL → migrations → users → gRPC, so that nothing serves before
+what it depends on is up. ``stop`` undoes whatever was started, also after a failed start. A
+child process that dies for good (``fatal``) stops the whole server with exit status 1: Orisun
+never keeps serving half-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from loguru import logger
+from nats.aio.client import Client as NatsClient
+
+from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
+from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
+from orisun.service.users import Users
+from orisun.storage.database import Database, describe
+from orisun.storage.embedded import EmbeddedPostgres
+from orisun.storage.migrations import migrate
+from orisun.storage.users import UserStore, listen_for_user_changes
+from orisun.transport.server import GrpcServer
+
+
+class Orisun:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.exit_code = 0
+        self.started_in = 0.0
+        self.nats: EmbeddedNats | None = None
+        self.nats_client: NatsClient | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.db: Database | None = None
+        self.users: Users | None = None
+        self.grpc: GrpcServer | None = None
+        self._run_dir: Path | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stopped = False
+
+    @property
+    def grpc_port(self) -> int:
+        return self.grpc.port if self.grpc else 0
+
+    async def start(self) -> None:
+        """Start every part; on failure, stop what started and re-raise."""
+        began = time.monotonic()
+        self._stopping = asyncio.Event()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.started_in = time.monotonic() - began
+        logger.info("Orisun started in {:.2f}s", self.started_in)
+
+    async def _start(self) -> None:
+        s = self.settings
+        # Private to this user; as root only traversable, so the embedded PostgreSQL's unprivileged
+        # user can reach its own directory below it.
+        s.data_dir.mkdir(mode=0o711 if os.geteuid() == 0 else 0o700, parents=True, exist_ok=True)
+        # Private scratch space for child configuration files holding secrets; removed at stop.
+        self._run_dir = Path(tempfile.mkdtemp(prefix="orisun-run-"))
+
+        self.nats = EmbeddedNats(
+            NatsServerOptions(
+                host=s.nats_host,
+                port=s.nats_port,
+                store_dir=s.nats_store,
+                max_payload=s.nats_max_payload,
+                username=s.nats_username,
+                password=s.nats_password or secrets.token_urlsafe(24),
+            ),
+            self._run_dir,
+            on_fatal=self.fatal,
+        )
+        await self.nats.start()
+        self.nats_client = await self.nats.connect()
+        logger.info("NATS JetStream listening on {}", self.nats.url)
+
+        conninfo = s.pg_conninfo
+        if conninfo is None:
+            self.postgres = EmbeddedPostgres(s.data_dir, s.pg_embedded_port, on_fatal=self.fatal)
+            await self.postgres.start()
+            conninfo = self.postgres.conninfo
+            logger.info("Embedded PostgreSQL listening on 127.0.0.1:{} (data in {})", self.postgres.port,
+                        s.data_dir / "postgres")
+        self.db = Database(conninfo, s.boundaries, pool_size=s.pg_pool_size)
+        await self.db.open(s.pg_startup_timeout)
+        logger.info("Connected to PostgreSQL at {}", describe(conninfo))
+        await migrate(self.db, s.admin_boundary)
+
+        self.users = Users(UserStore(self.db, s.admin_schema))
+        listening = asyncio.Event()
+        self._listener = asyncio.create_task(
+            listen_for_user_changes(conninfo, s.admin_schema, self.users.forget, ready=listening),
+            name="orisun-user-changes",
+        )
+        await asyncio.wait_for(listening.wait(), timeout=s.pg_startup_timeout)
+        await self.users.ensure_admin(s.admin_username, s.admin_password)
+        if await self.users.uses_default_password(s.admin_username):
+            logger.warning(
+                "The admin user {!r} still has the default password {!r}: anyone can use it. "
+                "Set ORISUN_ADMIN_PASSWORD before the first start, or change the password.",
+                s.admin_username,
+                DEFAULT_ADMIN_PASSWORD,
+            )
+
+        self.grpc = GrpcServer(
+            self.users, host=s.grpc_host, port=s.grpc_port, max_message_size=s.grpc_max_message_size
+        )
+        await self.grpc.start()
+
+    def fatal(self, reason: str) -> None:
+        """A part failed for good: stop serving and exit non-zero."""
+        logger.critical("Stopping Orisun: {}", reason)
+        self.exit_code = 1
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def wait(self) -> int:
+        """Wait for a stop request (signal or fatal error), stop, and return the exit status."""
+        assert self._stopping is not None, "start() first"
+        await self._stopping.wait()
+        await self.stop()
+        return self.exit_code
+
+    async def stop(self) -> None:
+        """Stop accepting calls, drain in-flight ones, then stop the children. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.grpc is not None:
+            logger.info("Stopping: draining in-flight calls (up to {:g}s)", self.settings.shutdown_timeout)
+            await self.grpc.stop(self.settings.shutdown_timeout)
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        # The client goes before its server, or it keeps trying to reconnect while NATS stops.
+        if self.nats_client is not None:
+            with contextlib.suppress(Exception):
+                await self.nats_client.close()
+        if self.db is not None:
+            await self.db.close()
+        if self.postgres is not None:
+            await self.postgres.stop()
+        if self.nats is not None:
+            await self.nats.stop()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        logger.info("Orisun stopped")

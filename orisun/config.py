@@ -1,0 +1,329 @@
+"""Configuration: every ``ORISUN_*`` environment variable, its default and its meaning.
+
+``VARIABLES`` is the single list that ``orisun --help`` prints and the README documents;
+``load_settings`` reads the environment with environs and turns every mistake into a
+``ConfigError`` naming the variable (the CLI prints it on one line and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import environs
+
+from orisun.errors import ConfigError
+
+T = TypeVar("T")
+
+# PostgreSQL identifiers: letters, digits and underscores, at most 63 bytes. Quoted with
+# psycopg.sql.Identifier anyway; the rule keeps names portable to NATS subjects and logs.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+DEFAULT_ADMIN_PASSWORD = "changeit"
+_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+# A 5,000-event batch of 1 KB events with tags and metadata is ~10 MB on the wire; gRPC's 4 MB
+# default refused it in the earlier implementation.
+DEFAULT_GRPC_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+PG_CONNECTION_VARIABLES = (
+    "ORISUN_PG_HOST",
+    "ORISUN_PG_PORT",
+    "ORISUN_PG_USER",
+    "ORISUN_PG_PASSWORD",
+    "ORISUN_PG_NAME",
+)
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    description: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("ORISUN_PG_HOST", "localhost", "PostgreSQL host. Setting any of ORISUN_PG_HOST, _PORT, _USER, "
+             "_PASSWORD, _NAME uses that server; with none set Orisun runs an embedded PostgreSQL."),
+    Variable("ORISUN_PG_PORT", "5432", "PostgreSQL port."),
+    Variable("ORISUN_PG_USER", "postgres", "PostgreSQL user."),
+    Variable("ORISUN_PG_PASSWORD", "(none)", "PostgreSQL password."),
+    Variable("ORISUN_PG_NAME", "postgres", "PostgreSQL database name."),
+    Variable("ORISUN_PG_SCHEMAS", "(only the admin boundary)", "Comma-separated boundaries, each "
+             "'boundary:schema' or a bare name (boundary = schema). Requests to other boundaries are refused."),
+    Variable("ORISUN_PG_POOL_SIZE", "10", "Maximum PostgreSQL connections in the pool."),
+    Variable("ORISUN_PG_STARTUP_TIMEOUT", "30s", "How long start-up waits for PostgreSQL to accept connections."),
+    Variable("ORISUN_PG_EMBEDDED_PORT", "0", "Port of the embedded PostgreSQL on 127.0.0.1 (0 = any free port)."),
+    Variable("ORISUN_DATA_DIR", "/var/lib/orisun as root, else ~/.local/share/orisun; macOS "
+             "~/Library/Application Support/orisun; Windows %LOCALAPPDATA%\\orisun",
+             "Where the embedded PostgreSQL and the NATS store live."),
+    Variable("ORISUN_GRPC_HOST", "0.0.0.0", "Address the gRPC server listens on."),
+    Variable("ORISUN_GRPC_PORT", "50051", "gRPC server port (0 = any free port, printed at start)."),
+    Variable("ORISUN_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE),
+             "Largest gRPC message accepted or sent, in bytes."),
+    Variable("ORISUN_SHUTDOWN_TIMEOUT", "10s", "How long SIGTERM/SIGINT waits for in-flight calls."),
+    Variable("ORISUN_NATS_HOST", "127.0.0.1", "Address the embedded NATS server listens on."),
+    Variable("ORISUN_NATS_PORT", "4222", "Embedded NATS client port (0 = any free port)."),
+    Variable("ORISUN_NATS_STORE_DIR", "$ORISUN_DATA_DIR/nats", "NATS JetStream storage directory."),
+    Variable("ORISUN_NATS_MAX_PAYLOAD", "1048576", "Maximum NATS message size in bytes; larger events are refused."),
+    Variable("ORISUN_NATS_USERNAME", "orisun", "User that Orisun's NATS clients authenticate as."),
+    Variable("ORISUN_NATS_PASSWORD", "(random at each start)", "Password of that NATS user."),
+    Variable("ORISUN_NATS_CLUSTER_ENABLED", "false", "Join a NATS cluster (clustered mode)."),
+    Variable("ORISUN_NATS_CLUSTER_NAME", "orisun-nats-cluster", "Name of the NATS cluster."),
+    Variable("ORISUN_NATS_CLUSTER_HOST", "localhost", "Host the NATS cluster listener binds to."),
+    Variable("ORISUN_NATS_CLUSTER_PORT", "6222", "Port of the NATS cluster listener."),
+    Variable("ORISUN_NATS_CLUSTER_USERNAME", "nats", "User for NATS cluster routes."),
+    Variable("ORISUN_NATS_CLUSTER_PASSWORD", "password@1", "Password for NATS cluster routes."),
+    Variable("ORISUN_NATS_CLUSTER_TIMEOUT", "60s", "How long a node waits for the cluster at start."),
+    Variable("ORISUN_NATS_CLUSTER_ROUTES", "nats://localhost:6333,nats://localhost:6334",
+             "Comma-separated routes to the other cluster nodes."),
+    Variable("ORISUN_ADMIN_BOUNDARY", "orisun_admin", "Boundary holding users; added to ORISUN_PG_SCHEMAS "
+             "when missing."),
+    Variable("ORISUN_ADMIN_USERNAME", "admin", "Admin user created on first start."),
+    Variable("ORISUN_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, "Password of that admin user (change it!)."),
+    Variable("ORISUN_ADMIN_PORT", "8991", "Admin dashboard port."),
+    Variable("ORISUN_LOGGING_LEVEL", "INFO", "Log level: " + ", ".join(_LOG_LEVELS) + "."),
+)
+_DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Orisun's configuration, validated. Build it with ``load_settings`` or directly in tests."""
+
+    data_dir: Path
+    # boundary -> PostgreSQL schema, the admin boundary included.
+    boundaries: Mapping[str, str] = field(default_factory=lambda: {"orisun_admin": "orisun_admin"})
+    # None = run the embedded PostgreSQL; else a libpq conninfo for an existing server.
+    pg_conninfo: str | None = None
+    pg_pool_size: int = 10
+    pg_startup_timeout: float = 30.0
+    pg_embedded_port: int = 0
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    grpc_max_message_size: int = DEFAULT_GRPC_MAX_MESSAGE_SIZE
+    shutdown_timeout: float = 10.0
+    nats_host: str = "127.0.0.1"
+    nats_port: int = 4222
+    nats_store_dir: Path | None = None  # None = data_dir / "nats"
+    nats_max_payload: int = 1048576
+    nats_username: str = "orisun"
+    nats_password: str | None = None  # None = a random one per start
+    nats_cluster_enabled: bool = False
+    nats_cluster_name: str = "orisun-nats-cluster"
+    nats_cluster_host: str = "localhost"
+    nats_cluster_port: int = 6222
+    nats_cluster_username: str = "nats"
+    nats_cluster_password: str = "password@1"
+    nats_cluster_timeout: float = 60.0
+    nats_cluster_routes: tuple[str, ...] = ("nats://localhost:6333", "nats://localhost:6334")
+    admin_boundary: str = "orisun_admin"
+    admin_username: str = "admin"
+    admin_password: str = DEFAULT_ADMIN_PASSWORD
+    admin_port: int = 8991
+    logging_level: str = "INFO"
+
+    @property
+    def embedded_pg(self) -> bool:
+        return self.pg_conninfo is None
+
+    @property
+    def nats_store(self) -> Path:
+        return self.nats_store_dir if self.nats_store_dir is not None else self.data_dir / "nats"
+
+    @property
+    def admin_schema(self) -> str:
+        return self.boundaries[self.admin_boundary]
+
+
+def default_data_dir() -> Path:
+    """A directory an ordinary user can write, or /var/lib/orisun for root.
+
+    Root gets /var/lib/orisun because the embedded PostgreSQL then runs as an unprivileged user,
+    who cannot reach anything under root's 0700 home directory.
+    """
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "orisun"
+    if os.geteuid() == 0:
+        return Path("/var/lib/orisun")
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "orisun"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "orisun"
+
+
+def validate_identifier(value: str, what: str, variable: str) -> str:
+    if not _IDENTIFIER.fullmatch(value):
+        raise ConfigError(variable, f"{what} {value!r} is not a valid identifier "
+                          "(letters, digits and _, not starting with a digit, at most 63 characters)")
+    if value.lower().startswith("pg_") or value.lower() == "information_schema":
+        raise ConfigError(variable, f"{what} {value!r} is reserved by PostgreSQL")
+    return value
+
+
+def parse_boundaries(text: str, admin_boundary: str) -> dict[str, str]:
+    """Parse ORISUN_PG_SCHEMAS ('users:test2,orders' ...) and add the admin boundary."""
+    variable = "ORISUN_PG_SCHEMAS"
+    boundaries: dict[str, str] = {}
+    for entry in (part.strip() for part in text.split(",")) if text.strip() else ():
+        if not entry:
+            raise ConfigError(variable, "empty entry (two commas in a row, or a trailing comma)")
+        boundary, sep, schema = entry.partition(":")
+        boundary, schema = boundary.strip(), (schema.strip() if sep else boundary.strip())
+        validate_identifier(boundary, "boundary", variable)
+        validate_identifier(schema, "schema", variable)
+        if boundary in boundaries:
+            raise ConfigError(variable, f"boundary {boundary!r} is listed twice")
+        boundaries[boundary] = schema
+    if admin_boundary not in boundaries:
+        boundaries[admin_boundary] = admin_boundary
+    owners: dict[str, str] = {}
+    for boundary, schema in boundaries.items():
+        if schema in owners:
+            raise ConfigError(variable, f"schema {schema!r} is used by both boundary {owners[schema]!r} "
+                              f"and boundary {boundary!r}; each boundary needs its own schema")
+        owners[schema] = boundary
+    return boundaries
+
+
+def _conninfo(env: environs.Env, environ: Mapping[str, str]) -> str | None:
+    if not any(name in environ for name in PG_CONNECTION_VARIABLES):
+        return None
+    from psycopg.conninfo import make_conninfo
+
+    port = _read(env, "ORISUN_PG_PORT", lambda: env.int("ORISUN_PG_PORT", 5432))
+    _check_port("ORISUN_PG_PORT", port, allow_zero=False)
+    parts = {
+        "host": environ.get("ORISUN_PG_HOST") or "localhost",
+        "port": str(port),
+        "user": environ.get("ORISUN_PG_USER") or "postgres",
+        "dbname": environ.get("ORISUN_PG_NAME") or "postgres",
+    }
+    if environ.get("ORISUN_PG_PASSWORD"):
+        parts["password"] = environ["ORISUN_PG_PASSWORD"]
+    return make_conninfo(**parts)
+
+
+def _read(env: environs.Env, variable: str, reader: Callable[[], T]) -> T:
+    """Run one environs read and turn its error into a ConfigError naming the variable."""
+    try:
+        return reader()
+    except environs.EnvValidationError as exc:
+        messages = exc.error_messages
+        detail = " ".join(messages) if isinstance(messages, list) else str(messages)
+        raw = os.environ.get(variable, "")
+        raise ConfigError(variable, f"{raw!r} is invalid: {detail}") from None
+
+
+def _check_port(variable: str, port: int, *, allow_zero: bool = True) -> int:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ConfigError(variable, f"port {port} is out of range")
+    return port
+
+
+def _seconds(env: environs.Env, variable: str) -> float:
+    # The defaults in VARIABLES are whole seconds written like "30s".
+    default = timedelta(seconds=int(_DEFAULTS[variable].removesuffix("s")))
+    value: timedelta = _read(env, variable, lambda: env.timedelta(variable, default))
+    seconds = value.total_seconds()
+    if seconds <= 0:
+        raise ConfigError(variable, "must be a positive duration such as 30s or 2m")
+    return seconds
+
+
+def _positive(env: environs.Env, variable: str) -> int:
+    value = _read(env, variable, lambda: env.int(variable, int(_DEFAULTS[variable])))
+    if value <= 0:
+        raise ConfigError(variable, f"must be a positive number, got {value}")
+    return value
+
+
+def _port(env: environs.Env, variable: str) -> int:
+    return _check_port(variable, _read(env, variable, lambda: env.int(variable, int(_DEFAULTS[variable]))))
+
+
+def _nonempty(env: environs.Env, variable: str) -> str:
+    value: str = env.str(variable, _DEFAULTS[variable])
+    if not value:
+        raise ConfigError(variable, "must not be empty")
+    return value
+
+
+def _routes(text: str) -> tuple[str, ...]:
+    routes = tuple(r.strip() for r in text.split(",") if r.strip())
+    for route in routes:
+        try:
+            parts = urlsplit(route)
+            port = parts.port
+        except ValueError:
+            port = None
+            parts = urlsplit("")
+        if parts.scheme not in ("nats", "nats-route") or not parts.hostname or port is None:
+            raise ConfigError("ORISUN_NATS_CLUSTER_ROUTES", f"{route!r} is not a route like nats://host:6222")
+    return routes
+
+
+def load_settings() -> Settings:
+    """Read and validate every ORISUN_* variable; raises ConfigError naming the first bad one."""
+    env = environs.Env(expand_vars=False)
+    level = env.str("ORISUN_LOGGING_LEVEL", "INFO").upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError("ORISUN_LOGGING_LEVEL", f"{level!r} is not one of {', '.join(_LOG_LEVELS)}")
+
+    admin_boundary = validate_identifier(
+        env.str("ORISUN_ADMIN_BOUNDARY", "orisun_admin").strip(), "boundary", "ORISUN_ADMIN_BOUNDARY")
+    data_dir_text = env.str("ORISUN_DATA_DIR", "")
+    data_dir = Path(data_dir_text).expanduser() if data_dir_text else default_data_dir()
+    store_text = env.str("ORISUN_NATS_STORE_DIR", "")
+    nats_password = env.str("ORISUN_NATS_PASSWORD", "") or None
+
+    settings = Settings(
+        data_dir=data_dir.absolute(),
+        boundaries=parse_boundaries(env.str("ORISUN_PG_SCHEMAS", ""), admin_boundary),
+        pg_conninfo=_conninfo(env, os.environ),
+        pg_pool_size=_positive(env, "ORISUN_PG_POOL_SIZE"),
+        pg_startup_timeout=_seconds(env, "ORISUN_PG_STARTUP_TIMEOUT"),
+        pg_embedded_port=_port(env, "ORISUN_PG_EMBEDDED_PORT"),
+        grpc_host=_nonempty(env, "ORISUN_GRPC_HOST"),
+        grpc_port=_port(env, "ORISUN_GRPC_PORT"),
+        grpc_max_message_size=_positive(env, "ORISUN_GRPC_MAX_MESSAGE_SIZE"),
+        shutdown_timeout=_seconds(env, "ORISUN_SHUTDOWN_TIMEOUT"),
+        nats_host=_nonempty(env, "ORISUN_NATS_HOST"),
+        nats_port=_port(env, "ORISUN_NATS_PORT"),
+        nats_store_dir=Path(store_text).expanduser().absolute() if store_text else None,
+        nats_max_payload=_positive(env, "ORISUN_NATS_MAX_PAYLOAD"),
+        nats_username=_nonempty(env, "ORISUN_NATS_USERNAME"),
+        nats_password=nats_password,
+        nats_cluster_enabled=_read(env, "ORISUN_NATS_CLUSTER_ENABLED",
+                                   lambda: env.bool("ORISUN_NATS_CLUSTER_ENABLED", False)),
+        nats_cluster_name=_nonempty(env, "ORISUN_NATS_CLUSTER_NAME"),
+        nats_cluster_host=_nonempty(env, "ORISUN_NATS_CLUSTER_HOST"),
+        nats_cluster_port=_port(env, "ORISUN_NATS_CLUSTER_PORT"),
+        nats_cluster_username=_nonempty(env, "ORISUN_NATS_CLUSTER_USERNAME"),
+        nats_cluster_password=_nonempty(env, "ORISUN_NATS_CLUSTER_PASSWORD"),
+        nats_cluster_timeout=_seconds(env, "ORISUN_NATS_CLUSTER_TIMEOUT"),
+        nats_cluster_routes=_routes(env.str("ORISUN_NATS_CLUSTER_ROUTES",
+                                            _DEFAULTS["ORISUN_NATS_CLUSTER_ROUTES"])),
+        admin_boundary=admin_boundary,
+        admin_username=_nonempty(env, "ORISUN_ADMIN_USERNAME"),
+        admin_password=_nonempty(env, "ORISUN_ADMIN_PASSWORD"),
+        admin_port=_port(env, "ORISUN_ADMIN_PORT"),
+        logging_level=level,
+    )
+    if settings.nats_max_payload > 64 * 1024 * 1024:
+        raise ConfigError("ORISUN_NATS_MAX_PAYLOAD", "must be at most 67108864 (64 MiB), the NATS limit")
+    return settings
+
+
+def help_text() -> str:
+    """The variable table that ``orisun --help`` prints."""
+    width = max(len(v.name) for v in VARIABLES)
+    lines = ["environment variables (default in brackets):"]
+    for v in VARIABLES:
+        lines.append(f"  {v.name.ljust(width)}  {v.description} [{v.default}]")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""The errors Orisun's core raises.
+
+The core (service, storage, messaging) raises only these; the transport maps each kind to one
+gRPC status in a single place (``orisun.transport.status``). A message must name the field or
+thing it is about, because it reaches the client as it is.
+"""
+
+from __future__ import annotations
+
+
+class OrisunError(Exception):
+    """Base of every error Orisun raises on purpose."""
+
+
+class ConfigError(OrisunError):
+    """Invalid configuration. ``variable`` names the environment variable at fault."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class StartupError(OrisunError):
+    """Orisun cannot start (a port in use, PostgreSQL unreachable, a missing binary)."""
+
+
+class InvalidArgument(OrisunError):
+    """The request is malformed; the message names the field."""
+
+
+class NotFound(OrisunError):
+    """A named thing (a boundary) does not exist."""
+
+
+class AlreadyExists(OrisunError):
+    """A concurrency conflict, a duplicate event id or a subscriber name already taken."""
+
+
+class Unauthenticated(OrisunError):
+    """Missing or wrong credentials."""
+
+
+class PermissionDenied(OrisunError):
+    """The caller is authenticated but lacks the role the call needs."""
+
+
+class Unavailable(OrisunError):
+    """A dependency (PostgreSQL, NATS) cannot be reached right now; the client may retry."""
+
+
+class Unimplemented(OrisunError):
+    """The call exists in the contract but this server does not implement it yet."""

@@ -1,0 +1,1 @@
+"""NATS: the embedded nats-server child process and Orisun's client connection to it."""

@@ -1,0 +1,1 @@
+"""The core: what Orisun does, in terms of ``orisun.model``; knows nothing of gRPC."""

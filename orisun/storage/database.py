@@ -1,0 +1,73 @@
+"""The PostgreSQL connection pool and the boundary → schema map."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import psycopg
+from loguru import logger
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from orisun.errors import NotFound, StartupError
+
+
+def describe(conninfo: str) -> str:
+    """host:port/dbname of a conninfo, without the password, for logs and messages."""
+    params = conninfo_to_dict(conninfo)
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+
+class Database:
+    """An async connection pool plus the configured boundaries.
+
+    Connections are in autocommit mode: every multi-statement change opens an explicit
+    ``conn.transaction()``, so no connection ever sits idle in a transaction.
+    """
+
+    def __init__(self, conninfo: str, boundaries: Mapping[str, str], *, pool_size: int = 10) -> None:
+        self.conninfo = conninfo
+        self.boundaries = dict(boundaries)
+        self.pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True, "application_name": "orisun"},
+            name="orisun",
+        )
+
+    async def open(self, within: float) -> None:
+        """Wait up to ``within`` seconds for PostgreSQL, then open the pool; else StartupError."""
+        deadline = time.monotonic() + within
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.conninfo, connect_timeout=max(1, int(deadline - time.monotonic()))
+                )
+                await conn.close()
+                break
+            except psycopg.OperationalError as exc:
+                if time.monotonic() + delay >= deadline:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise StartupError(
+                        f"PostgreSQL at {describe(self.conninfo)} is unreachable after {within:g}s: {reason} "
+                        "(check ORISUN_PG_HOST, ORISUN_PG_PORT, ORISUN_PG_USER, ORISUN_PG_PASSWORD, ORISUN_PG_NAME)"
+                    ) from None
+                logger.info("Waiting for PostgreSQL at {}: {}", describe(self.conninfo), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        await self.pool.open(wait=True, timeout=max(1.0, deadline - time.monotonic()))
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def schema(self, boundary: str) -> str:
+        """The schema of a configured boundary; NotFound for any other boundary."""
+        try:
+            return self.boundaries[boundary]
+        except KeyError:
+            raise NotFound(f"boundary {boundary!r} is not configured (see ORISUN_PG_SCHEMAS)") from None

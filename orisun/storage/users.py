@@ -1,0 +1,115 @@
+"""The users table of the admin boundary, and the notifications of its changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from loguru import logger
+from psycopg import sql
+from psycopg.rows import class_row
+
+from orisun.storage._errors import translate_errors
+from orisun.storage.database import Database
+
+USERS_CHANGED_CHANNEL = "orisun_users_changed"
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    name: str
+    username: str
+    password_hash: str
+    roles: list[str]
+
+
+class UserStore:
+    """CRUD on ``<admin schema>.users``. Knows nothing of hashing: it stores what it is given."""
+
+    def __init__(self, db: Database, schema: str) -> None:
+        self._db = db
+        self.schema = schema
+        self._table = sql.Identifier(schema, "users")
+
+    async def get(self, username: str) -> UserRecord | None:
+        query = sql.SQL(
+            "SELECT id::text, name, username, password_hash, roles FROM {} WHERE username = %s"
+        ).format(self._table)
+        with translate_errors("reading a user"):
+            async with self._db.pool.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(UserRecord))
+                await cur.execute(query, (username,))
+                return await cur.fetchone()
+
+    async def list(self) -> list[UserRecord]:
+        query = sql.SQL(
+            "SELECT id::text, name, username, password_hash, roles FROM {} ORDER BY username"
+        ).format(self._table)
+        with translate_errors("listing users"):
+            async with self._db.pool.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(UserRecord))
+                await cur.execute(query)
+                return await cur.fetchall()
+
+    async def create(self, name: str, username: str, password_hash: str, roles: Sequence[str]) -> bool:
+        """Insert a user; False when the username is taken (nothing changes then)."""
+        query = sql.SQL(
+            "INSERT INTO {} (name, username, password_hash, roles) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (username) DO NOTHING"
+        ).format(self._table)
+        with translate_errors("creating a user"):
+            async with self._db.pool.connection() as conn:
+                cur = await conn.execute(query, (name, username, password_hash, list(roles)))
+                return cur.rowcount == 1
+
+    async def set_password(self, username: str, password_hash: str) -> bool:
+        query = sql.SQL(
+            "UPDATE {} SET password_hash = %s, updated_at = now() WHERE username = %s"
+        ).format(self._table)
+        with translate_errors("changing a password"):
+            async with self._db.pool.connection() as conn:
+                cur = await conn.execute(query, (password_hash, username))
+                return cur.rowcount == 1
+
+    async def delete(self, username: str) -> bool:
+        query = sql.SQL("DELETE FROM {} WHERE username = %s").format(self._table)
+        with translate_errors("deleting a user"):
+            async with self._db.pool.connection() as conn:
+                cur = await conn.execute(query, (username,))
+                return cur.rowcount == 1
+
+
+async def listen_for_user_changes(
+    conninfo: str, schema: str, changed: Callable[[str | None], None], *, ready: asyncio.Event | None = None
+) -> None:
+    """Call ``changed(username)`` for every update or delete of a user in ``schema``, forever.
+
+    Runs on a dedicated connection (LISTEN needs one). Whenever that connection is (re)made,
+    ``changed(None)`` is called first: a change may have been missed while it was down, so every
+    cached credential must go. Cancel the task to stop.
+    """
+    delay = 0.2
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(USERS_CHANGED_CHANNEL)))
+                changed(None)
+                if ready is not None:
+                    ready.set()
+                delay = 0.2
+                async for notify in conn.notifies():
+                    try:
+                        payload = json.loads(notify.payload)
+                    except ValueError:
+                        changed(None)
+                        continue
+                    if payload.get("schema") == schema:
+                        changed(str(payload.get("username")))
+        except psycopg.OperationalError as exc:
+            logger.warning("Lost the user-change listener connection ({}); reconnecting", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,1 @@
+"""gRPC: the server, the auth interceptor, proto conversion and the error → status mapping."""

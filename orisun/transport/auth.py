@@ -1,0 +1,119 @@
+"""Basic auth on every call except health (contract section 7).
+
+The interceptor authenticates before the handler runs and hands the user to EventStore handlers
+through ``current_user``. Reflection needs credentials too: the API's shape is not public.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextvars
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from loguru import logger
+
+from orisun.errors import OrisunError, Unauthenticated
+from orisun.model import User
+from orisun.service.users import Users
+from orisun.transport.status import status_of
+
+current_user: contextvars.ContextVar[User] = contextvars.ContextVar("current_user")
+
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+_SCHEME = "basic "
+
+
+def parse_basic(value: str | None) -> tuple[str, str]:
+    """(username, password) from an ``authorization`` header value; Unauthenticated if malformed."""
+    if not value:
+        raise Unauthenticated("missing authorization header (expected 'Basic base64(username:password)')")
+    if not value[: len(_SCHEME)].lower() == _SCHEME:
+        raise Unauthenticated("authorization header must use the Basic scheme")
+    try:
+        decoded = base64.b64decode(value[len(_SCHEME):].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthenticated("authorization header is not valid base64 of username:password") from None
+    username, sep, password = decoded.partition(":")
+    if not sep or not username:
+        raise Unauthenticated("authorization header is not valid base64 of username:password")
+    return username, password
+
+
+def _header(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            return str(value)
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, users: Users) -> None:
+        self._users = users
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        if method.startswith(_OPEN_PREFIXES):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        try:
+            username, password = parse_basic(_header(handler_call_details.invocation_metadata))
+            user = await self._users.authenticate(username, password)
+        except OrisunError as exc:
+            # Unauthenticated, or Unavailable when the users table cannot be read.
+            code, message = status_of(exc)
+            logger.debug("Refused {}: {}", method, message)
+            return _refusing(handler, code, message)
+        return _as_user(handler, user)
+
+
+def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that only answers ``code``."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    kind = _kind(handler)
+    factory = getattr(grpc, f"{kind}_rpc_method_handler")
+    return factory(refuse, request_deserializer=handler.request_deserializer,
+                   response_serializer=handler.response_serializer)
+
+
+def _kind(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "stream_stream" if handler.response_streaming else "stream_unary"
+    return "unary_stream" if handler.response_streaming else "unary_unary"
+
+
+def _as_user(handler: grpc.RpcMethodHandler, user: User) -> grpc.RpcMethodHandler:
+    """``handler`` with ``current_user`` set to ``user`` while it runs."""
+    kind = _kind(handler)
+    behavior = getattr(handler, kind)
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            current_user.set(user)
+            async for item in behavior(request, context):
+                yield item
+
+        wrapped: Callable[..., Any] = streaming
+    else:
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            current_user.set(user)
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        wrapped = call
+    factory = getattr(grpc, f"{kind}_rpc_method_handler")
+    return factory(wrapped, request_deserializer=handler.request_deserializer,
+                   response_serializer=handler.response_serializer)

