@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(settings: Settings) -> int:
+    # Orisun forks only to exec its children; gRPC's fork handlers would just warn about its threads.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     # Imported here so that --help, --version and configuration errors answer without loading
     # grpc, psycopg and nats.
     from orisun.app import Orisun

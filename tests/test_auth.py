@@ -179,3 +179,15 @@ def test_the_admin_user_is_created_once(start_server: Callable[..., ServerThread
     with psycopg.connect(database) as conn:
         row = conn.execute("SELECT count(*) FROM orisun_admin.users").fetchone()
     assert row == (1,)
+
+
+def test_streaming_rpcs_report_their_status_on_the_stream(server: ServerThread) -> None:
+    with server.stub() as stub:
+        for call in (
+            lambda: list(stub.SubscribeToEvents(pb.CatchUpSubscribeToEventStoreRequest(), metadata=auth_metadata(),
+                                                timeout=10)),
+            lambda: list(stub.SubscribeToPubSub(pb.SubscribeRequest(), metadata=auth_metadata(), timeout=10)),
+        ):
+            with pytest.raises(grpc.RpcError) as raised:
+                call()
+            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

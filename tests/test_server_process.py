@@ -217,3 +217,36 @@ def test_a_failed_start_leaves_nothing_running(data_dir: Path, database: str) ->
     assert nats_server is not None
     assert nats_server.pid is None or not alive(nats_server.pid)
     server.stop()
+
+
+def test_a_child_that_keeps_dying_stops_orisun_with_status_1(
+    processes: list[OrisunProcess], data_dir: Path, database: str
+) -> None:
+    """Never serve half-alive: NATS is restarted a few times, then Orisun gives up and exits 1."""
+    params = psycopg.conninfo.conninfo_to_dict(database)
+    process = run(processes, {
+        "ORISUN_DATA_DIR": str(data_dir), "ORISUN_GRPC_HOST": "127.0.0.1", "ORISUN_GRPC_PORT": str(free_port()),
+        "ORISUN_NATS_PORT": str(free_port()), "ORISUN_PG_HOST": str(params["host"]),
+        "ORISUN_PG_PORT": str(params["port"]), "ORISUN_PG_USER": str(params["user"]),
+        "ORISUN_PG_PASSWORD": str(params["password"]), "ORISUN_PG_NAME": str(params["dbname"]),
+    })
+    process.wait_serving()
+    killed: set[int] = set()
+
+    def kill_nats() -> bool:
+        if process.proc.poll() is not None:
+            return True
+        for pid in process.children():
+            # Only a nats-server that Orisun reported up: one killed while starting is a failed
+            # restart, which ends Orisun at once and would not exercise the restart count.
+            reported_up = re.search(rf"nats-server (re)?started \(pid {pid}\)", process.output)
+            if pid not in killed and alive(pid) and reported_up:
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+        return False
+
+    wait_for(kill_nats, 60, "Orisun to give up on nats-server")
+    assert process.wait_exit() == 1, process.output
+    assert len(killed) >= 6, process.output
+    assert "restarting nats-server" in process.output
+    assert "Stopping Orisun" in process.output
