@@ -22,6 +22,7 @@ from nats.aio.client import Client as NatsClient
 
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
+from orisun.service.events import EventStore
 from orisun.service.users import Users
 from orisun.storage.database import Database, describe
 from orisun.storage.embedded import EmbeddedPostgres
@@ -40,6 +41,7 @@ class Orisun:
         self.postgres: EmbeddedPostgres | None = None
         self.db: Database | None = None
         self.users: Users | None = None
+        self.events: EventStore | None = None
         self.grpc: GrpcServer | None = None
         self._run_dir: Path | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -114,8 +116,9 @@ class Orisun:
                 DEFAULT_ADMIN_PASSWORD,
             )
 
+        self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload)
         self.grpc = GrpcServer(
-            self.users, host=s.grpc_host, port=s.grpc_port, max_message_size=s.grpc_max_message_size
+            self.users, self.events, host=s.grpc_host, port=s.grpc_port, max_message_size=s.grpc_max_message_size
         )
         await self.grpc.start()
 
@@ -144,6 +147,8 @@ class Orisun:
         if self.grpc is not None:
             logger.info("Stopping: draining in-flight calls (up to {:g}s)", self.settings.shutdown_timeout)
             await self.grpc.stop(self.settings.shutdown_timeout)
+        if self.events is not None:
+            await self.events.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

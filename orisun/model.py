@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -27,3 +28,95 @@ class User:
     @property
     def can_write(self) -> bool:
         return bool(self.roles & WRITE_ROLES)
+
+
+# --- Events --------------------------------------------------------------------------------------
+
+ANY_VERSION = -2  # expected_version: no check
+NO_STREAM = -1  # expected_version: the stream must not exist yet
+EVENT_TYPE_TAG = "event_type"  # query pseudo-tag matching the event's type
+EVENT_TYPE_TAG_ALIASES = frozenset({"event_type", "eventType"})
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """An event's place in its boundary's order. Compares (commit, prepare) lexicographically."""
+
+    commit: int
+    prepare: int
+
+
+@dataclass(frozen=True)
+class Tag:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """Matches an event carrying every one of ``tags`` (AND)."""
+
+    tags: tuple[Tag, ...]
+
+
+@dataclass(frozen=True)
+class Query:
+    """Matches an event matching any one of ``criteria`` (OR)."""
+
+    criteria: tuple[Criterion, ...]
+
+
+@dataclass(frozen=True)
+class EventToSave:
+    event_id: str
+    event_type: str
+    data: str
+    metadata: str
+    tags: tuple[Tag, ...]
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    boundary: str
+    stream: str
+    expected_version: int
+    subset: Query | None
+    events: tuple[EventToSave, ...]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    position: Position
+    new_stream_version: int
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    event_type: str
+    data: str
+    metadata: str
+    tags: tuple[Tag, ...]
+    position: Position
+    created_at: datetime
+    stream: str
+    version: int
+
+
+class Direction(StrEnum):
+    ASC = "ASC"
+    DESC = "DESC"
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """GetEvents: filters combine with AND (contract section 4)."""
+
+    boundary: str
+    stream: str | None = None
+    from_version: int = 0
+    stream_subset: Query | None = None
+    query: Query | None = None
+    after: Position | None = None  # the exclusive cursor
+    count: int = 100
+    direction: Direction = Direction.ASC

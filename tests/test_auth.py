@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _get_events(server: ServerThread, metadata: list[tuple[str, str]] | None) -> grpc.StatusCode:
-    """The status of a GetEvents call (UNIMPLEMENTED means auth let it through)."""
+    """The status of a GetEvents call."""
     with server.stub() as stub:
         try:
             stub.GetEvents(pb.GetEventsRequest(boundary="orisun_admin"), metadata=metadata, timeout=10)
@@ -33,7 +33,7 @@ def _refusal(server: ServerThread, metadata: list[tuple[str, str]] | None) -> tu
     return raised.value.code(), raised.value.details()
 
 
-PASSED_AUTH = grpc.StatusCode.UNIMPLEMENTED  # GetEvents arrives with the event-storage issue
+PASSED_AUTH = grpc.StatusCode.OK
 
 
 def test_correct_credentials_pass(server: ServerThread) -> None:
@@ -117,9 +117,10 @@ def test_grpcurl_health_check(server: ServerThread) -> None:
 
 
 def test_unimplemented_rpcs_say_so(server: ServerThread) -> None:
-    code, details = _refusal(server, auth_metadata())
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetEvents" in details
+    with server.stub() as stub, pytest.raises(grpc.RpcError) as raised:
+        stub.PublishToPubSub(pb.PublishRequest(subject="a.b", data="{}"), metadata=auth_metadata(), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "PublishToPubSub" in raised.value.details()
 
 
 def test_configured_admin_credentials_are_used(start_server: Callable[..., ServerThread]) -> None:

@@ -8,13 +8,14 @@ from grpc_reflection.v1alpha import reflection
 
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import StartupError
+from orisun.service.events import EventStore
 from orisun.service.users import Users
 from orisun.transport.auth import AuthInterceptor
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
 
 class GrpcServer:
-    def __init__(self, users: Users, *, host: str, port: int, max_message_size: int) -> None:
+    def __init__(self, users: Users, events: EventStore, *, host: str, port: int, max_message_size: int) -> None:
         self._host = host
         self._requested_port = port
         self.port = 0
@@ -28,7 +29,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(), self.server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(events), self.server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

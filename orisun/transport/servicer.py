@@ -10,6 +10,9 @@ from google.protobuf import empty_pb2
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import Unimplemented
+from orisun.service.events import EventStore
+from orisun.transport import convert
+from orisun.transport.auth import current_user
 from orisun.transport.status import translate_errors
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStore"].full_name
@@ -20,15 +23,20 @@ def _not_yet(rpc: str) -> Unimplemented:
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
+    def __init__(self, events: EventStore) -> None:
+        self._events = events
+
     @translate_errors
     async def SaveEvents(self, request: pb.SaveEventsRequest, context: grpc.aio.ServicerContext) -> pb.WriteResult:
-        raise _not_yet("SaveEvents")
+        result = await self._events.save(current_user.get(), convert.save_request_from_proto(request))
+        return convert.write_result_to_proto(result)
 
     @translate_errors
     async def GetEvents(
         self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEventsResponse:
-        raise _not_yet("GetEvents")
+        events = await self._events.read(current_user.get(), convert.read_request_from_proto(request))
+        return pb.GetEventsResponse(events=[convert.event_to_proto(e) for e in events])
 
     @translate_errors
     async def SubscribeToEvents(

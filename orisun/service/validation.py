@@ -1,0 +1,128 @@
+"""Input rules for SaveEvents and GetEvents (contract sections 3 and 4).
+
+Every violation is an ``InvalidArgument`` whose message starts with the field's path, as a
+client wrote it (``events[3].event_id``), so that a client can tell exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import NoReturn
+
+from orisun.errors import InvalidArgument
+from orisun.model import ANY_VERSION, Query, ReadRequest, SaveRequest
+
+# Documented in the README ("Limits"). Keys and values sit in a B-tree index whose entries must
+# stay below PostgreSQL's ~2.7 kB limit, hence the tag sizes.
+MAX_EVENTS_PER_WRITE = 10_000
+MAX_STREAM_NAME_BYTES = 512
+MAX_EVENT_TYPE_BYTES = 512
+MAX_TAGS_PER_EVENT = 100
+MAX_TAG_KEY_BYTES = 256
+MAX_TAG_VALUE_BYTES = 1024
+MAX_CRITERIA = 100
+MAX_TAGS_PER_CRITERION = 32
+DEFAULT_COUNT = 100
+MAX_COUNT = 10_000
+# What an event adds on the wire besides its fields when delivered live (ids, position, time,
+# protobuf framing); an event must fit into one NATS message.
+EVENT_ENVELOPE_BYTES = 256
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _fail(field: str, problem: str) -> NoReturn:
+    raise InvalidArgument(f"{field}: {problem}")
+
+
+def _text(field: str, value: str, *, max_bytes: int, required: bool = True) -> int:
+    """Check a string field; returns its size in bytes."""
+    size = len(value.encode())
+    if required and not value:
+        _fail(field, "is required")
+    if size > max_bytes:
+        _fail(field, f"is {size} bytes, more than the {max_bytes} allowed")
+    if "\x00" in value:
+        _fail(field, "must not contain NUL characters")
+    return size
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json(field: str, value: str) -> None:
+    if "\x00" in value:
+        _fail(field, "must not contain NUL characters")
+    try:
+        json.loads(value, parse_constant=_reject_constant)
+    except ValueError as exc:
+        _fail(field, f"must be JSON text ({exc})")
+
+
+def check_boundary(boundary: str) -> None:
+    if not boundary:
+        _fail("boundary", "is required")
+
+
+def check_query(field: str, query: Query | None) -> None:
+    if query is None:
+        return
+    if len(query.criteria) > MAX_CRITERIA:
+        _fail(f"{field}.criteria", f"has {len(query.criteria)} criteria, more than the {MAX_CRITERIA} allowed")
+    for c, criterion in enumerate(query.criteria):
+        if len(criterion.tags) > MAX_TAGS_PER_CRITERION:
+            _fail(f"{field}.criteria[{c}].tags", f"has more than the {MAX_TAGS_PER_CRITERION} tags allowed")
+        for t, tag in enumerate(criterion.tags):
+            _text(f"{field}.criteria[{c}].tags[{t}].key", tag.key, max_bytes=MAX_TAG_KEY_BYTES)
+            _text(f"{field}.criteria[{c}].tags[{t}].value", tag.value, max_bytes=MAX_TAG_VALUE_BYTES, required=False)
+
+
+def check_save(request: SaveRequest, *, max_event_bytes: int) -> None:
+    """Validate a SaveEvents request; ``max_event_bytes`` is the NATS max payload."""
+    check_boundary(request.boundary)
+    stream_bytes = _text("stream.name", request.stream, max_bytes=MAX_STREAM_NAME_BYTES)
+    if request.expected_version < ANY_VERSION:
+        _fail("stream.expected_version", f"must be -1 (no stream yet), -2 (any) or a version >= 0, "
+              f"not {request.expected_version}")
+    check_query("stream.subsetQuery", request.subset)
+    if not request.events:
+        _fail("events", "at least one event is required")
+    if len(request.events) > MAX_EVENTS_PER_WRITE:
+        _fail("events", f"has {len(request.events)} events, more than the {MAX_EVENTS_PER_WRITE} allowed per call")
+    seen: dict[str, int] = {}
+    for i, event in enumerate(request.events):
+        field = f"events[{i}]"
+        if not _UUID.fullmatch(event.event_id):
+            _fail(f"{field}.event_id", f"{event.event_id!r} is not a UUID (like 0191b93c-5f3c-75c8-92ce-5a3300709178)")
+        lowered = event.event_id.lower()
+        if lowered in seen:
+            _fail(f"{field}.event_id", f"{event.event_id} repeats events[{seen[lowered]}].event_id")
+        seen[lowered] = i
+        size = stream_bytes + EVENT_ENVELOPE_BYTES
+        size += _text(f"{field}.event_type", event.event_type, max_bytes=MAX_EVENT_TYPE_BYTES)
+        _json(f"{field}.data", event.data)
+        if event.metadata:
+            _json(f"{field}.metadata", event.metadata)
+        size += len(event.data.encode()) + len(event.metadata.encode())
+        if len(event.tags) > MAX_TAGS_PER_EVENT:
+            _fail(f"{field}.tags", f"has {len(event.tags)} tags, more than the {MAX_TAGS_PER_EVENT} allowed")
+        for t, tag in enumerate(event.tags):
+            size += _text(f"{field}.tags[{t}].key", tag.key, max_bytes=MAX_TAG_KEY_BYTES)
+            size += _text(f"{field}.tags[{t}].value", tag.value, max_bytes=MAX_TAG_VALUE_BYTES, required=False)
+        if size > max_event_bytes:
+            _fail(field, f"is about {size} bytes, more than the {max_event_bytes} a live subscriber can receive "
+                  "(ORISUN_NATS_MAX_PAYLOAD)")
+
+
+def check_read(request: ReadRequest) -> None:
+    check_boundary(request.boundary)
+    if not 0 <= request.count <= MAX_COUNT:
+        _fail("count", f"must be at most {MAX_COUNT}, not {request.count}")
+    if request.stream is not None:
+        _text("stream.name", request.stream, max_bytes=MAX_STREAM_NAME_BYTES)
+        if request.from_version < 0:
+            _fail("stream.from_version", f"must be >= 0, not {request.from_version}")
+        check_query("stream.subsetQuery", request.stream_subset)
+    check_query("query", request.query)

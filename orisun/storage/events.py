@@ -1,0 +1,157 @@
+"""Reading events (GetEvents): one SQL statement per call, so one consistent snapshot.
+
+Three shapes, each led by an index:
+- a stream: UNIQUE (stream_name, stream_version), tags checked per event;
+- a tag query without a stream: each criterion finds its first ``count`` positions through the
+  (key, value, position) primary key of event_tags, the union is cut to ``count``;
+- neither: the events primary key (position).
+Within a stream, version order is position order, so every shape returns global order.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from orisun.model import (
+    EVENT_TYPE_TAG,
+    EVENT_TYPE_TAG_ALIASES,
+    Criterion,
+    Direction,
+    Event,
+    Position,
+    Query,
+    ReadRequest,
+    Tag,
+)
+from orisun.storage._errors import translate_errors
+from orisun.storage.database import Database
+
+_COLUMNS = sql.SQL(
+    "e.position, e.commit_position, e.stream_name, e.stream_version, e.event_id::text, e.event_type, "
+    "e.data, e.metadata, e.tags, e.created_at"
+)
+
+
+def _key(tag: Tag) -> str:
+    return EVENT_TYPE_TAG if tag.key in EVENT_TYPE_TAG_ALIASES else tag.key
+
+
+def _matches(query: Query, tags_table: sql.Identifier) -> sql.Composable:
+    """A condition on events ``e``: some criterion has all its tags on the event."""
+    alternatives = []
+    for criterion in query.criteria:
+        tags = [
+            sql.SQL("EXISTS (SELECT 1 FROM {} t WHERE t.key = {} AND t.value = {} AND t.position = e.position)")
+            .format(tags_table, sql.Literal(_key(tag)), sql.Literal(tag.value))
+            for tag in criterion.tags
+        ]
+        alternatives.append(sql.SQL("({})").format(sql.SQL(" AND ").join(tags)))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+
+
+def _positions(
+    criterion: Criterion, tags_table: sql.Identifier, bound: sql.Composable, order: sql.Composable, limit: int
+) -> sql.Composable:
+    """The first ``limit`` positions carrying all of ``criterion``'s tags, in ``order``."""
+    first, *others = criterion.tags
+    joins = [
+        sql.SQL("JOIN {t} {a} ON {a}.position = t0.position AND {a}.key = {k} AND {a}.value = {v}").format(
+            t=tags_table, a=sql.Identifier(f"t{i}"), k=sql.Literal(_key(tag)), v=sql.Literal(tag.value)
+        )
+        for i, tag in enumerate(others, start=1)
+    ]
+    return sql.SQL(
+        "(SELECT t0.position FROM {t} t0 {joins} WHERE t0.key = {k} AND t0.value = {v} {bound} "
+        "ORDER BY t0.position {order} LIMIT {limit})"
+    ).format(
+        t=tags_table,
+        joins=sql.SQL(" ").join(joins),
+        k=sql.Literal(_key(first)),
+        v=sql.Literal(first.value),
+        bound=bound,
+        order=order,
+        limit=sql.Literal(limit),
+    )
+
+
+def _effective(query: Query | None) -> Query | None:
+    """None when the query filters nothing (no criteria, or a criterion without tags)."""
+    if query is None or not query.criteria or any(not c.tags for c in query.criteria):
+        return None
+    return query
+
+
+def build_read(schema: str, request: ReadRequest) -> sql.Composed:
+    """The one SELECT for a GetEvents call on the boundary stored in ``schema``."""
+    events_table = sql.Identifier(schema, "events")
+    tags_table = sql.Identifier(schema, "event_tags")
+    asc = request.direction == Direction.ASC
+    order = sql.SQL("ASC" if asc else "DESC")
+    conditions: list[sql.Composable] = []
+    bound: sql.Composable = sql.SQL("")  # the cursor as a plain position range, for the tag branches
+    after = request.after
+    if after is not None and (after.commit or after.prepare):
+        if asc:
+            # Real cursors satisfy prepare <= commit and name an event; then "after" is exactly
+            # position > prepare. The pair comparison keeps the contract's lexicographic order.
+            conditions.append(sql.SQL("e.position > {} AND (e.commit_position, e.position) > ({}, {})").format(
+                after.prepare, after.commit, after.prepare))
+            bound = sql.SQL("AND t0.position > {}").format(after.prepare)
+        else:
+            # (commit, position) < (C, P) implies position < P, or < C when P is 0.
+            below = after.prepare or after.commit
+            conditions.append(sql.SQL("e.position < {} AND (e.commit_position, e.position) < ({}, {})").format(
+                below, after.commit, after.prepare))
+            bound = sql.SQL("AND t0.position < {}").format(below)
+
+    query = _effective(request.query)
+    if request.stream is not None:
+        conditions.insert(0, sql.SQL("e.stream_name = {}").format(request.stream))
+        if asc:
+            conditions.append(sql.SQL("e.stream_version >= {}").format(request.from_version))
+        elif request.from_version > 0:
+            conditions.append(sql.SQL("e.stream_version <= {}").format(request.from_version))
+        subset = _effective(request.stream_subset)
+        if subset is not None:
+            conditions.append(_matches(subset, tags_table))
+        if query is not None:
+            conditions.append(_matches(query, tags_table))
+        ordering = sql.SQL("e.stream_version")
+    else:
+        if query is not None:
+            branches = [_positions(c, tags_table, bound, order, request.count) for c in query.criteria]
+            conditions.append(sql.SQL("e.position IN ({})").format(sql.SQL(" UNION ").join(branches)))
+        ordering = sql.SQL("e.position")
+    where = sql.SQL("WHERE {}").format(sql.SQL(" AND ").join(conditions)) if conditions else sql.SQL("")
+    return sql.SQL("SELECT {cols} FROM {events} e {where} ORDER BY {ordering} {order} LIMIT {limit}").format(
+        cols=_COLUMNS,
+        events=events_table,
+        where=where,
+        ordering=ordering,
+        order=order,
+        limit=sql.Literal(request.count),
+    )
+
+
+def _event(row: TupleRow) -> Event:
+    position, commit, stream, version, event_id, event_type, data, metadata, tags, created_at = row
+    return Event(
+        event_id=event_id,
+        event_type=event_type,
+        data=data,
+        metadata=metadata,
+        tags=tuple(Tag(key, value) for key, value in tags),
+        position=Position(commit, position),
+        created_at=created_at,
+        stream=stream,
+        version=version,
+    )
+
+
+async def read_events(db: Database, schema: str, request: ReadRequest) -> list[Event]:
+    statement = build_read(schema, request)
+    with translate_errors(f"reading boundary {request.boundary!r}"):
+        async with db.pool.connection() as conn:
+            cursor = await conn.execute(statement)
+            return [_event(row) for row in await cursor.fetchall()]

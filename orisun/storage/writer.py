@@ -1,0 +1,179 @@
+"""Group commit: one writer per boundary appends every waiting SaveEvents request in one call.
+
+While one group is being committed, new requests queue up; the next group takes all of them (up
+to a size bound), so under load a single transaction and a single round trip carry many requests
+(contract section 2). Each request still gets its own answer: the ``append_events`` function
+checks them one after another against the state that includes the requests before it.
+
+Positions are assigned by PostgreSQL under the boundary's head-row lock, not here, so several
+Orisun nodes writing one boundary keep one commit-ordered sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from loguru import logger
+from psycopg import sql
+
+from orisun.errors import AlreadyExists, Unavailable
+from orisun.model import EVENT_TYPE_TAG, EVENT_TYPE_TAG_ALIASES, Position, Query, SaveRequest, WriteResult
+from orisun.storage._errors import translate_errors
+from orisun.storage.database import Database
+
+# A group is cut at this many events (a single request may exceed it and goes alone).
+MAX_GROUP_EVENTS = 20_000
+
+
+def criteria_json(query: Query) -> str:
+    """A query as the SQL functions take it: [[[key, value], ...], ...], event_type spelled once."""
+    return json.dumps(
+        [
+            [[EVENT_TYPE_TAG if tag.key in EVENT_TYPE_TAG_ALIASES else tag.key, tag.value] for tag in c.tags]
+            for c in query.criteria
+        ]
+    )
+
+
+@dataclass
+class _Pending:
+    request: SaveRequest
+    future: asyncio.Future[WriteResult]
+
+
+class BoundaryWriter:
+    """Appends to one boundary's schema; call ``append`` from any number of tasks."""
+
+    def __init__(self, db: Database, schema: str) -> None:
+        self._db = db
+        self._schema = schema
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._statement = sql.SQL(
+            "SELECT r_request, r_outcome, r_commit, r_prepare, r_version, r_detail FROM {}.append_events("
+            "%b::text[], %b::int4[], %b::text[]::jsonb[], %b::int4[], %b::uuid[], %b::text[], %b::text[], "
+            "%b::text[], %b::text[]::jsonb[])"
+        ).format(sql.Identifier(schema))
+
+    async def append(self, request: SaveRequest) -> WriteResult:
+        """Append one validated request; its result, or AlreadyExists / Unavailable.
+
+        If the caller is cancelled while waiting, the request may still be committed: a client
+        that lost its answer retries with the same event ids and gets the original result.
+        """
+        if self._closed:
+            raise Unavailable("the server is shutting down; retry on another node or later")
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(request, future))
+        self._wakeup.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"writer {self._schema}")
+        return await future
+
+    async def close(self) -> None:
+        """Stop after the group in flight; requests still queued are answered Unavailable."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("the server is shutting down; retry"))
+        self._queue.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                group = self._take_group()
+                if group:
+                    await self._commit_group(group)
+
+    def _take_group(self) -> list[_Pending]:
+        group: list[_Pending] = []
+        events = 0
+        while self._queue:
+            pending = self._queue[0]
+            if pending.future.done():  # its caller gave up before it was sent: nothing to do
+                self._queue.pop(0)
+                continue
+            size = len(pending.request.events)
+            if group and events + size > MAX_GROUP_EVENTS:
+                break
+            group.append(self._queue.pop(0))
+            events += size
+        return group
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
+        try:
+            rows = await self._execute([p.request for p in group])
+        except Unavailable as exc:
+            for pending in group:
+                _settle(pending, exc)
+            return
+        except psycopg.Error:
+            if len(group) == 1:
+                logger.exception("append to {} failed", self._schema)
+                _settle(group[0], RuntimeError("append failed"))
+                return
+            # Should never happen (every check is in append_events); find the culprit alone
+            # rather than fail the neighbours.
+            logger.exception("group append to {} failed; retrying its {} requests one by one",
+                             self._schema, len(group))
+            for pending in group:
+                await self._commit_group([pending])
+            return
+        for pending, row in zip(group, rows, strict=True):
+            _settle(pending, _outcome(pending.request, row))
+
+    async def _execute(self, requests: Sequence[SaveRequest]) -> list[tuple[object, ...]]:
+        streams, expected, subsets, counts = [], [], [], []
+        ids, types, data, metadata, tags = [], [], [], [], []
+        for request in requests:
+            streams.append(request.stream)
+            expected.append(request.expected_version)
+            subsets.append(criteria_json(request.subset) if request.subset is not None else None)
+            counts.append(len(request.events))
+            for event in request.events:
+                ids.append(uuid.UUID(event.event_id))
+                types.append(event.event_type)
+                data.append(event.data)
+                metadata.append(event.metadata)
+                tags.append(json.dumps([[tag.key, tag.value] for tag in event.tags]))
+        with translate_errors(f"appending to boundary schema {self._schema}"):
+            async with self._db.pool.connection() as conn:
+                cursor = await conn.execute(
+                    self._statement, (streams, expected, subsets, counts, ids, types, data, metadata, tags)
+                )
+                return await cursor.fetchall()
+
+
+def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exception:
+    _, outcome, commit, prepare, version, detail = row
+    if outcome in ("ok", "idempotent"):
+        assert isinstance(commit, int) and isinstance(prepare, int) and isinstance(version, int)
+        return WriteResult(Position(commit, prepare), version)
+    if outcome == "conflict":
+        return AlreadyExists(f"stream {request.stream!r}: {detail}")
+    if outcome == "duplicate":
+        return AlreadyExists(f"event_id {detail} already exists (event ids are unique per boundary)")
+    return RuntimeError(f"append_events returned unknown outcome {outcome!r}")
+
+
+def _settle(pending: _Pending, result: WriteResult | Exception) -> None:
+    if pending.future.done():
+        return
+    if isinstance(result, Exception):
+        pending.future.set_exception(result)
+    else:
+        pending.future.set_result(result)

@@ -1,0 +1,99 @@
+"""Proto messages <-> ``orisun.model``: the only place that knows both."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from orisun._proto import eventstore_pb2 as pb
+from orisun.errors import InvalidArgument
+from orisun.model import (
+    Criterion,
+    Direction,
+    Event,
+    EventToSave,
+    Position,
+    Query,
+    ReadRequest,
+    SaveRequest,
+    Tag,
+    WriteResult,
+)
+
+_DIRECTIONS = {pb.ASC: Direction.ASC, pb.DESC: Direction.DESC}
+
+
+def query_from_proto(message: pb.Query) -> Query:
+    return Query(tuple(Criterion(tuple(Tag(t.key, t.value) for t in c.tags)) for c in message.criteria))
+
+
+def save_request_from_proto(message: pb.SaveEventsRequest) -> SaveRequest:
+    stream = message.stream
+    return SaveRequest(
+        boundary=message.boundary,
+        stream=stream.name,
+        expected_version=stream.expected_version,
+        subset=query_from_proto(stream.subsetQuery) if stream.HasField("subsetQuery") else None,
+        events=tuple(
+            EventToSave(e.event_id, e.event_type, e.data, e.metadata, tuple(Tag(t.key, t.value) for t in e.tags))
+            for e in message.events
+        ),
+    )
+
+
+def _position(message: pb.Position) -> Position:
+    return Position(message.commit_position, message.prepare_position)
+
+
+def read_request_from_proto(message: pb.GetEventsRequest) -> ReadRequest:
+    after = None
+    if message.HasField("from_position"):
+        after = _position(message.from_position)
+    if message.HasField("last_retrieved_position"):
+        last = _position(message.last_retrieved_position)
+        if after is not None and after != last:
+            raise InvalidArgument("from_position and last_retrieved_position: both set and different; "
+                                  "they are two names of one cursor, set one")
+        after = last
+    if message.direction not in _DIRECTIONS:
+        raise InvalidArgument(f"direction: {message.direction} is neither ASC (0) nor DESC (1)")
+    stream = None
+    if message.HasField("stream"):
+        s = message.stream
+        if s.name or s.from_version or s.HasField("subsetQuery"):
+            stream = s.name  # an empty name with other fields set is refused by validation
+    return ReadRequest(
+        boundary=message.boundary,
+        stream=stream,
+        from_version=message.stream.from_version if stream is not None else 0,
+        stream_subset=(
+            query_from_proto(message.stream.subsetQuery)
+            if stream is not None and message.stream.HasField("subsetQuery") else None
+        ),
+        query=query_from_proto(message.query) if message.HasField("query") else None,
+        after=after,
+        count=message.count,
+        direction=_DIRECTIONS[message.direction],
+    )
+
+
+def write_result_to_proto(result: WriteResult) -> pb.WriteResult:
+    return pb.WriteResult(
+        log_position=pb.Position(commit_position=result.position.commit, prepare_position=result.position.prepare),
+        new_stream_version=result.new_stream_version,
+    )
+
+
+def event_to_proto(event: Event) -> pb.Event:
+    created = Timestamp()
+    created.FromDatetime(event.created_at)
+    return pb.Event(
+        event_id=event.event_id,
+        event_type=event.event_type,
+        data=event.data,
+        metadata=event.metadata,
+        tags=[pb.Tag(key=t.key, value=t.value) for t in event.tags],
+        position=pb.Position(commit_position=event.position.commit, prepare_position=event.position.prepare),
+        date_created=created,
+        stream_id=event.stream,
+        version=event.version,
+    )
