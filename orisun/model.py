@@ -66,6 +66,14 @@ class Query:
     criteria: tuple[Criterion, ...]
 
 
+def narrowing(query: Query | None) -> Query | None:
+    """``query`` if it filters anything; None when it matches every event (no criteria, or a
+    criterion without tags, which an event matches vacuously)."""
+    if query is None or not query.criteria or any(not c.tags for c in query.criteria):
+        return None
+    return query
+
+
 @dataclass(frozen=True)
 class EventToSave:
     event_id: str

@@ -56,9 +56,12 @@ def _json(field: str, value: str) -> None:
     if "\x00" in value:
         _fail(field, "must not contain NUL characters")
     try:
-        json.loads(value, parse_constant=_reject_constant)
+        # Syntax only: numbers stay text, so no integer-size limit and no float rounding matters.
+        json.loads(value, parse_constant=_reject_constant, parse_int=str, parse_float=str)
     except ValueError as exc:
         _fail(field, f"must be JSON text ({exc})")
+    except RecursionError:
+        _fail(field, "is JSON nested too deeply to check (about 1,000 levels at most)")
 
 
 def check_boundary(boundary: str) -> None:

@@ -23,6 +23,7 @@ from orisun.model import (
     Query,
     ReadRequest,
     Tag,
+    narrowing,
 )
 from orisun.storage._errors import translate_errors
 from orisun.storage.database import Database
@@ -75,13 +76,6 @@ def _positions(
     )
 
 
-def _effective(query: Query | None) -> Query | None:
-    """None when the query filters nothing (no criteria, or a criterion without tags)."""
-    if query is None or not query.criteria or any(not c.tags for c in query.criteria):
-        return None
-    return query
-
-
 def build_read(schema: str, request: ReadRequest) -> sql.Composed:
     """The one SELECT for a GetEvents call on the boundary stored in ``schema``."""
     events_table = sql.Identifier(schema, "events")
@@ -105,14 +99,14 @@ def build_read(schema: str, request: ReadRequest) -> sql.Composed:
                 below, after.commit, after.prepare))
             bound = sql.SQL("AND t0.position < {}").format(below)
 
-    query = _effective(request.query)
+    query = narrowing(request.query)
     if request.stream is not None:
         conditions.insert(0, sql.SQL("e.stream_name = {}").format(request.stream))
         if asc:
             conditions.append(sql.SQL("e.stream_version >= {}").format(request.from_version))
         elif request.from_version > 0:
             conditions.append(sql.SQL("e.stream_version <= {}").format(request.from_version))
-        subset = _effective(request.stream_subset)
+        subset = narrowing(request.stream_subset)
         if subset is not None:
             conditions.append(_matches(subset, tags_table))
         if query is not None:

@@ -12,18 +12,26 @@ Orisun nodes writing one boundary keep one commit-ordered sequence.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import psycopg
 from loguru import logger
 from psycopg import sql
 
 from orisun.errors import AlreadyExists, Unavailable
-from orisun.model import EVENT_TYPE_TAG, EVENT_TYPE_TAG_ALIASES, Position, Query, SaveRequest, WriteResult
+from orisun.model import (
+    EVENT_TYPE_TAG,
+    EVENT_TYPE_TAG_ALIASES,
+    Position,
+    Query,
+    SaveRequest,
+    WriteResult,
+    narrowing,
+)
 from orisun.storage._errors import translate_errors
 from orisun.storage.database import Database
 
@@ -53,7 +61,7 @@ class BoundaryWriter:
     def __init__(self, db: Database, schema: str) -> None:
         self._db = db
         self._schema = schema
-        self._queue: list[_Pending] = []
+        self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -105,12 +113,12 @@ class BoundaryWriter:
         while self._queue:
             pending = self._queue[0]
             if pending.future.done():  # its caller gave up before it was sent: nothing to do
-                self._queue.pop(0)
+                self._queue.popleft()
                 continue
             size = len(pending.request.events)
             if group and events + size > MAX_GROUP_EVENTS:
                 break
-            group.append(self._queue.pop(0))
+            group.append(self._queue.popleft())
             events += size
         return group
 
@@ -121,10 +129,10 @@ class BoundaryWriter:
             for pending in group:
                 _settle(pending, exc)
             return
-        except psycopg.Error:
+        except Exception as exc:  # a bug, or a database error no check anticipated
             if len(group) == 1:
                 logger.exception("append to {} failed", self._schema)
-                _settle(group[0], RuntimeError("append failed"))
+                _settle(group[0], exc)
                 return
             # Should never happen (every check is in append_events); find the culprit alone
             # rather than fail the neighbours.
@@ -142,7 +150,8 @@ class BoundaryWriter:
         for request in requests:
             streams.append(request.stream)
             expected.append(request.expected_version)
-            subsets.append(criteria_json(request.subset) if request.subset is not None else None)
+            subset = narrowing(request.subset)
+            subsets.append(criteria_json(subset) if subset is not None else None)
             counts.append(len(request.events))
             for event in request.events:
                 ids.append(uuid.UUID(event.event_id))

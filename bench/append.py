@@ -1,0 +1,187 @@
+"""Append throughput and latency of SaveEvents, beside a raw-PostgreSQL baseline in the same run.
+
+Starts an embedded PostgreSQL and an ``orisun`` server process on it, then for each scenario
+drives SaveEvents from grpc.aio callers for a fixed time and reports events/s and call latency
+(p50/p99). The baseline does the closest thing with psycopg alone: one INSERT transaction per
+call into a plain table, from as many concurrent connections. These 2-vCPU machines are noisy:
+compare the ratio within one run, not absolute numbers across runs.
+
+    python bench/append.py [--seconds 10] [--callers 1,16,64] [--batch 1,100] [--preload 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import psycopg
+from loguru import logger
+from psycopg.conninfo import conninfo_to_dict
+
+from orisun._proto import eventstore_pb2 as pb
+from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.storage.embedded import EmbeddedPostgres
+
+DATA = '{"amount": 42, "currency": "EUR", "note": "' + "x" * 160 + '"}'
+METADATA = '{"source": "bench"}'
+AUTH = [("authorization", "Basic " + base64.b64encode(b"admin:changeit").decode())]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def summary(latencies: list[float], events: int, seconds: float) -> tuple[float, float, float]:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
+    return events / seconds, statistics.median(ordered) * 1000 if ordered else float("nan"), p99 * 1000
+
+
+async def drive(callers: int, seconds: float, call: Callable[[int, int], Awaitable[int]]) -> tuple[float, float, float]:
+    """Run ``call(caller, n)`` in a loop from ``callers`` tasks for ``seconds``; events/s, p50, p99 (ms)."""
+    latencies: list[float] = []
+    total = 0
+    deadline = time.perf_counter() + seconds
+
+    async def caller(index: int) -> None:
+        nonlocal total
+        n = 0
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            total += await call(index, n)
+            latencies.append(time.perf_counter() - began)
+            n += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return summary(latencies, total, time.perf_counter() - began)
+
+
+async def orisun_scenario(address: str, callers: int, batch: int, seconds: float) -> tuple[float, float, float]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.EventStoreStub(channel)
+        run = uuid.uuid4().hex[:8]
+
+        async def call(index: int, n: int) -> int:
+            events = [
+                pb.EventToSave(event_id=str(uuid.uuid4()), event_type="MoneyDeposited", data=DATA, metadata=METADATA,
+                               tags=[pb.Tag(key="account", value=f"a-{index}")])
+                for _ in range(batch)
+            ]
+            await stub.SaveEvents(pb.SaveEventsRequest(
+                boundary="bench", stream=pb.SaveStreamQuery(name=f"s-{run}-{index}", expected_version=-2),
+                events=events), metadata=AUTH)
+            return batch
+
+        return await drive(callers, seconds, call)
+
+
+async def baseline_scenario(conninfo: str, callers: int, batch: int, seconds: float) -> tuple[float, float, float]:
+    connections = [await psycopg.AsyncConnection.connect(conninfo, autocommit=True) for _ in range(callers)]
+    try:
+        await connections[0].execute(
+            "CREATE TABLE IF NOT EXISTS baseline (id bigserial PRIMARY KEY, stream text, event_id uuid, type text, "
+            "data text, metadata text)")
+
+        async def call(index: int, n: int) -> int:
+            conn = connections[index]
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO baseline (stream, event_id, type, data, metadata) "
+                    "SELECT %s, gen_random_uuid(), 'MoneyDeposited', %s, %s FROM generate_series(1, %s)",
+                    (f"s-{index}", DATA, METADATA, batch))
+            return batch
+
+        return await drive(callers, seconds, call)
+    finally:
+        for conn in connections:
+            await conn.close()
+
+
+async def preload(address: str, events: int) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.EventStoreStub(channel)
+        for start in range(0, events, 5000):
+            batch = [
+                pb.EventToSave(event_id=str(uuid.uuid4()), event_type="Preloaded", data=DATA,
+                               tags=[pb.Tag(key="k", value=str(i % 100))])
+                for i in range(min(5000, events - start))
+            ]
+            await stub.SaveEvents(pb.SaveEventsRequest(
+                boundary="bench", stream=pb.SaveStreamQuery(name=f"pre-{start}", expected_version=-2), events=batch),
+                metadata=AUTH)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--callers", default="1,16,64")
+    parser.add_argument("--batch", default="1,100")
+    parser.add_argument("--preload", type=int, default=0, help="events saved before measuring")
+    args = parser.parse_args()
+    logger.remove()
+    base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
+    base.chmod(0o755)
+    runner = asyncio.new_event_loop()
+    postgres = EmbeddedPostgres(base / "pg")
+    runner.run_until_complete(postgres.start())
+    params = conninfo_to_dict(postgres.conninfo)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
+    env.update(ORISUN_DATA_DIR=str(base / "data"), ORISUN_GRPC_PORT=str(port), ORISUN_NATS_PORT=str(free_port()),
+               ORISUN_PG_HOST="127.0.0.1", ORISUN_PG_PORT=str(params["port"]), ORISUN_PG_USER=str(params["user"]),
+               ORISUN_PG_PASSWORD=str(params["password"]), ORISUN_PG_NAME=str(params["dbname"]),
+               ORISUN_PG_SCHEMAS="bench", ORISUN_LOGGING_LEVEL="WARNING")
+    server = subprocess.Popen([sys.executable, "-m", "orisun"], env=env)
+    try:
+        address = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        # The first call also waits for start-up to finish (auth needs the users table).
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with grpc.insecure_channel(address) as channel:
+                    pb_grpc.EventStoreStub(channel).GetEvents(pb.GetEventsRequest(boundary="bench", count=1),
+                                                              metadata=AUTH, timeout=5)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+        if args.preload:
+            runner.run_until_complete(preload(address, args.preload))
+        print(f"{'scenario':28}{'orisun ev/s':>13}{'p50 ms':>9}{'p99 ms':>9}{'raw pg ev/s':>13}{'p50 ms':>9}"
+              f"{'p99 ms':>9}{'ratio':>8}")
+        for batch in (int(b) for b in args.batch.split(",")):
+            for callers in (int(c) for c in args.callers.split(",")):
+                ours = runner.run_until_complete(orisun_scenario(address, callers, batch, args.seconds))
+                raw = runner.run_until_complete(baseline_scenario(postgres.conninfo, callers, batch, args.seconds))
+                name = f"{callers} callers x {batch} ev/call"
+                print(f"{name:28}{ours[0]:>13,.0f}{ours[1]:>9.2f}{ours[2]:>9.2f}{raw[0]:>13,.0f}{raw[1]:>9.2f}"
+                      f"{raw[2]:>9.2f}{ours[0] / raw[0]:>8.2f}", flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        runner.run_until_complete(postgres.stop())
+        runner.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
