@@ -13,6 +13,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from orisun.errors import NotFound, StartupError
 
+POOL_WAIT = 3.0
+POOL_RECONNECT = 10.0
+
 
 def describe(conninfo: str) -> str:
     """host:port/dbname of a conninfo, without the password, for logs and messages."""
@@ -37,6 +40,12 @@ class Database:
             open=False,
             kwargs={"autocommit": True, "application_name": "orisun"},
             name="orisun",
+            # A call waiting longer than this for a connection answers UNAVAILABLE (PostgreSQL
+            # down, or the pool exhausted) instead of hanging for psycopg_pool's default 30 s.
+            timeout=POOL_WAIT,
+            # Bounds the reconnect backoff: after an outage the next attempt is never minutes
+            # away (a failed reconnect run ends, and the next request starts a fresh one).
+            reconnect_timeout=POOL_RECONNECT,
         )
 
     async def open(self, within: float) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
 from orisun.errors import AlreadyExists, Unavailable
 from orisun.model import (
@@ -86,16 +87,18 @@ class BoundaryWriter:
             self._task = asyncio.create_task(self._run(), name=f"writer {self._schema}")
         return await future
 
-    async def close(self) -> None:
-        """Stop after the group in flight; requests still queued are answered Unavailable."""
+    async def close(self, grace: float = 10.0) -> None:
+        """Commit what is queued (within ``grace`` seconds), then stop; later appends are refused."""
         self._closed = True
+        self._wakeup.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait([self._task], timeout=grace)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(Unavailable("the server is shutting down; retry"))
+            _settle(pending, Unavailable("the server is shutting down; retry"))
         self._queue.clear()
 
     async def _run(self) -> None:
@@ -104,8 +107,17 @@ class BoundaryWriter:
             self._wakeup.clear()
             while self._queue:
                 group = self._take_group()
-                if group:
+                if not group:
+                    continue
+                try:
                     await self._commit_group(group)
+                except asyncio.CancelledError:
+                    # Outcome unknown (it may have committed): the client may retry safely.
+                    for pending in group:
+                        _settle(pending, Unavailable("the server stopped during this write; retry"))
+                    raise
+            if self._closed:
+                return
 
     def _take_group(self) -> list[_Pending]:
         group: list[_Pending] = []
@@ -159,11 +171,22 @@ class BoundaryWriter:
                 data.append(event.data)
                 metadata.append(event.metadata)
                 tags.append(json.dumps([[tag.key, tag.value] for tag in event.tags]))
+        params = (streams, expected, subsets, counts, ids, types, data, metadata, tags)
+        try:
+            return await self._call(params)
+        except Unavailable as exc:
+            # A pooled connection that died with a PostgreSQL restart fails on first use. Sending
+            # the group again on a fresh one is safe even if the first attempt committed:
+            # append_events recognises stored event ids and returns the original results.
+            if isinstance(exc.__cause__, PoolTimeout):
+                raise
+            logger.info("retrying a group for {} on a fresh connection", self._schema)
+            return await self._call(params)
+
+    async def _call(self, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         with translate_errors(f"appending to boundary schema {self._schema}"):
             async with self._db.pool.connection() as conn:
-                cursor = await conn.execute(
-                    self._statement, (streams, expected, subsets, counts, ids, types, data, metadata, tags)
-                )
+                cursor = await conn.execute(self._statement, params)
                 return await cursor.fetchall()
 
 

@@ -6,10 +6,13 @@ through ``current_user``. Reflection needs credentials too: the API's shape is n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import contextvars
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -50,9 +53,52 @@ def _header(metadata: Any) -> str | None:
     return None
 
 
+class Gate:
+    """Counts the calls in progress and, once closed, turns new ones away.
+
+    On shutdown gRPC's own stop() answers the calls it has received but not yet dispatched with
+    CANCELLED, which clients read as their own doing and do not retry. Closing the gate first
+    answers every call UNAVAILABLE (retry elsewhere) while the calls already running finish.
+    """
+
+    # The gate stays closed until no call has arrived for this long, so that calls gRPC had
+    # already received are dispatched (and refused) before gRPC itself stops.
+    QUIET = 0.1
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._last_seen = 0.0
+
+    def enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+    def refused(self) -> None:
+        self._last_seen = time.monotonic()
+
+    async def close(self, grace: float) -> None:
+        """Turn new calls away; wait up to ``grace`` seconds for the running ones and the queued."""
+        self.closed = True
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        # Polling for quiet: no event fires for "nothing came".
+        while time.monotonic() - self._last_seen < self.QUIET and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(self.QUIET / 2)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, users: Users) -> None:
+    def __init__(self, users: Users, gate: Gate) -> None:
         self._users = users
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -65,6 +111,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        if self._gate.closed:
+            self._gate.refused()
+            return _refusing(handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")
         try:
             username, password = parse_basic(_header(handler_call_details.invocation_metadata))
             user = await self._users.authenticate(username, password)
@@ -73,7 +122,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code, message = status_of(exc)
             logger.debug("Refused {}: {}", method, message)
             return _refusing(handler, code, message)
-        return _as_user(handler, user)
+        return _as_user(handler, user, self._gate)
 
 
 def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -94,24 +143,32 @@ def _kind(handler: grpc.RpcMethodHandler) -> str:
     return "unary_stream" if handler.response_streaming else "unary_unary"
 
 
-def _as_user(handler: grpc.RpcMethodHandler, user: User) -> grpc.RpcMethodHandler:
-    """``handler`` with ``current_user`` set to ``user`` while it runs."""
+def _as_user(handler: grpc.RpcMethodHandler, user: User, gate: Gate) -> grpc.RpcMethodHandler:
+    """``handler`` with ``current_user`` set to ``user`` while it runs, counted by ``gate``."""
     kind = _kind(handler)
     behavior = getattr(handler, kind)
     if inspect.isasyncgenfunction(behavior):
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             current_user.set(user)
-            async for item in behavior(request, context):
-                yield item
+            gate.enter()
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                gate.leave()
 
         wrapped: Callable[..., Any] = streaming
     else:
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             current_user.set(user)
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            gate.enter()
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                gate.leave()
 
         wrapped = call
     factory = getattr(grpc, f"{kind}_rpc_method_handler")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -10,7 +12,7 @@ from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import StartupError
 from orisun.service.events import EventStore
 from orisun.service.users import Users
-from orisun.transport.auth import AuthInterceptor
+from orisun.transport.auth import AuthInterceptor, Gate
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
 
@@ -19,8 +21,9 @@ class GrpcServer:
         self._host = host
         self._requested_port = port
         self.port = 0
+        self._gate = Gate()
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(users)],
+            interceptors=[AuthInterceptor(users, self._gate)],
             options=[
                 ("grpc.max_receive_message_length", max_message_size),
                 ("grpc.max_send_message_length", max_message_size),
@@ -52,5 +55,8 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, cancel the rest."""
+        began = time.monotonic()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self._gate.close(grace)
+        # Calls still running now (long streams) get what is left of the grace, then CANCELLED.
+        await self.server.stop(max(0.1, grace - (time.monotonic() - began)))
