@@ -64,7 +64,8 @@ async def drive(callers: int, seconds: float, call: Callable[[int, int], Awaitab
         n = 0
         while time.perf_counter() < deadline:
             began = time.perf_counter()
-            total += await call(index, n)
+            added = await call(index, n)  # not "total += await": that reads total before awaiting
+            total += added
             latencies.append(time.perf_counter() - began)
             n += 1
 
