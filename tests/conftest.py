@@ -4,18 +4,14 @@ root), a fresh database per server, and real Orisun servers on free ports."""
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orisun.storage.embedded import EmbeddedPostgres
-from tests.support import LoopThread, ServerThread, server_settings, shared_tmpdir
+from tests.support import LoopThread, ServerThread, fresh_database, server_settings, shared_tmpdir
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +32,8 @@ def postgres() -> Iterator[EmbeddedPostgres]:
 @pytest.fixture
 def database(postgres: EmbeddedPostgres) -> Iterator[str]:
     """The conninfo of a new, empty database, dropped after the test."""
-    name = "test_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(postgres.conninfo)
-    params["dbname"] = name
-    yield make_conninfo(**params)  # type: ignore[arg-type]
-    with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(postgres.conninfo) as conninfo:
+        yield conninfo
 
 
 @pytest.fixture

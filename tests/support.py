@@ -12,6 +12,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.app import Orisun
@@ -151,3 +155,32 @@ def grpcurl(
         command += ["-d", "@"]
     command += [address, *args]
     return subprocess.run(command, input=data, capture_output=True, text=True, timeout=timeout, env={**os.environ})
+
+
+@contextmanager
+def fresh_database(admin_conninfo: str, prefix: str = "test") -> Iterator[str]:
+    """The conninfo of a new, empty database on the server of ``admin_conninfo``; dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(admin_conninfo)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)  # type: ignore[arg-type]
+    finally:
+        with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def running_server(admin_conninfo: str, prefix: str, **overrides: Any) -> Iterator[ServerThread]:
+    """A started server on a fresh database and data dir (for module-scoped fixtures); stopped after."""
+    with fresh_database(admin_conninfo, prefix) as conninfo:
+        data_dir = shared_tmpdir(f"orisun-{prefix}-")
+        server = ServerThread(server_settings(data_dir, conninfo, **overrides))
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)

@@ -11,7 +11,6 @@ Not covered here: the "Multiple Bounded Contexts" example, whose bodies contain 
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,13 +18,11 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun.config import parse_boundaries
 from orisun.storage.embedded import EmbeddedPostgres
-from tests.support import ServerThread, auth_metadata, basic, grpcurl, server_settings, shared_tmpdir
+from tests.support import ServerThread, auth_metadata, basic, grpcurl, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,22 +105,9 @@ SAVE_EXPECTED_RESULT = {"log_position": {"commit_position": "2", "prepare_positi
 @pytest.fixture(scope="module")
 def brief_server(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
     """One server for the module, configured with the brief's boundaries, on a fresh database."""
-    name = "test_brief_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(postgres.conninfo)
-    params["dbname"] = name
-    data_dir = shared_tmpdir("orisun-test-brief-")
     boundaries = parse_boundaries(SCHEMAS, "orisun_admin")
-    server = ServerThread(server_settings(data_dir, make_conninfo(**params), boundaries=boundaries))  # type: ignore[arg-type]
-    try:
-        server.start()
+    with running_server(postgres.conninfo, "test_brief", boundaries=boundaries) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def run(server: ServerThread, method: str, body: str, auth: tuple[str, str] = ("admin", "changeit")) -> Any:

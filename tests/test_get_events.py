@@ -9,7 +9,6 @@ the end write to their own boundary, `roundtrip`.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,14 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun.storage.embedded import EmbeddedPostgres
-from tests.support import ServerThread, auth_metadata, server_settings, shared_tmpdir
+from tests.support import auth_metadata, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,28 +105,14 @@ def _seed(stub: Any) -> list[Saved]:
 
 @pytest.fixture(scope="module")
 def world(postgres: EmbeddedPostgres) -> Iterator[World]:
-    name = "test_get_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(postgres.conninfo)
-    params["dbname"] = name
-    data_dir = shared_tmpdir("orisun-test-get-")
-    server = ServerThread(server_settings(data_dir, make_conninfo(**params), boundaries=BOUNDARIES))  # type: ignore[arg-type]
-    try:
-        server.start()
-        with server.stub() as stub:
-            started = datetime.now(UTC)
-            events = _seed(stub)
-            finished = datetime.now(UTC)
-            bulk = [pb.EventToSave(event_id=str(uuid.uuid4()), event_type="Bulk", data=json.dumps({"i": i}))
-                    for i in range(150)]
-            assert _save(stub, "bulk", "bulk-1", bulk).new_stream_version == 149
-            yield World(stub, events, started, finished)
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with running_server(postgres.conninfo, "test_get", boundaries=BOUNDARIES) as server, server.stub() as stub:
+        started = datetime.now(UTC)
+        events = _seed(stub)
+        finished = datetime.now(UTC)
+        bulk = [pb.EventToSave(event_id=str(uuid.uuid4()), event_type="Bulk", data=json.dumps({"i": i}))
+                for i in range(150)]
+        assert _save(stub, "bulk", "bulk-1", bulk).new_stream_version == 149
+        yield World(stub, events, started, finished)
 
 
 def query(*criteria: Sequence[tuple[str, str]]) -> pb.Query:

@@ -8,22 +8,18 @@ back byte-for-byte is tested in test_get_events.py.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.storage.embedded import EmbeddedPostgres
-from tests.support import ServerThread, auth_metadata, server_settings, shared_tmpdir
+from tests.support import ServerThread, auth_metadata, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,21 +31,8 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def store(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
-    name = "test_save_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(postgres.conninfo)
-    params["dbname"] = name
-    data_dir = shared_tmpdir("orisun-test-save-")
-    server = ServerThread(server_settings(data_dir, make_conninfo(**params), boundaries=BOUNDARIES))  # type: ignore[arg-type]
-    try:
-        server.start()
+    with running_server(postgres.conninfo, "test_save", boundaries=BOUNDARIES) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="module")
