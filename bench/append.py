@@ -13,44 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import os
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import grpc
 import psycopg
-from loguru import logger
-from psycopg.conninfo import conninfo_to_dict
+from _stack import AUTH, percentiles, stack  # bench/ is on sys.path when a script here runs
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.storage.embedded import EmbeddedPostgres
 
 DATA = '{"amount": 42, "currency": "EUR", "note": "' + "x" * 160 + '"}'
 METADATA = '{"source": "bench"}'
-AUTH = [("authorization", "Basic " + base64.b64encode(b"admin:changeit").decode())]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def summary(latencies: list[float], events: int, seconds: float) -> tuple[float, float, float]:
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
-    return events / seconds, statistics.median(ordered) * 1000 if ordered else float("nan"), p99 * 1000
+    p50, p99 = percentiles(latencies)
+    return events / seconds, p50, p99
 
 
 async def drive(callers: int, seconds: float, call: Callable[[int, int], Awaitable[int]]) -> tuple[float, float, float]:
@@ -136,52 +116,19 @@ def main() -> None:
     parser.add_argument("--batch", default="1,100")
     parser.add_argument("--preload", type=int, default=0, help="events saved before measuring")
     args = parser.parse_args()
-    logger.remove()
-    base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
-    base.chmod(0o755)
-    runner = asyncio.new_event_loop()
-    postgres = EmbeddedPostgres(base / "pg")
-    runner.run_until_complete(postgres.start())
-    params = conninfo_to_dict(postgres.conninfo)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
-    env.update(ORISUN_DATA_DIR=str(base / "data"), ORISUN_GRPC_PORT=str(port), ORISUN_NATS_PORT=str(free_port()),
-               ORISUN_PG_HOST="127.0.0.1", ORISUN_PG_PORT=str(params["port"]), ORISUN_PG_USER=str(params["user"]),
-               ORISUN_PG_PASSWORD=str(params["password"]), ORISUN_PG_NAME=str(params["dbname"]),
-               ORISUN_PG_SCHEMAS="bench", ORISUN_LOGGING_LEVEL="WARNING")
-    server = subprocess.Popen([sys.executable, "-m", "orisun"], env=env)
-    try:
-        address = f"127.0.0.1:{port}"
-        with grpc.insecure_channel(address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-        # The first call also waits for start-up to finish (auth needs the users table).
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with grpc.insecure_channel(address) as channel:
-                    pb_grpc.EventStoreStub(channel).GetEvents(pb.GetEventsRequest(boundary="bench", count=1),
-                                                              metadata=AUTH, timeout=5)
-                break
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise
+    with stack("bench") as bench:
+        run = bench.loop.run_until_complete
         if args.preload:
-            runner.run_until_complete(preload(address, args.preload))
+            run(preload(bench.address, args.preload))
         print(f"{'scenario':28}{'orisun ev/s':>13}{'p50 ms':>9}{'p99 ms':>9}{'raw pg ev/s':>13}{'p50 ms':>9}"
               f"{'p99 ms':>9}{'ratio':>8}")
         for batch in (int(b) for b in args.batch.split(",")):
             for callers in (int(c) for c in args.callers.split(",")):
-                ours = runner.run_until_complete(orisun_scenario(address, callers, batch, args.seconds))
-                raw = runner.run_until_complete(baseline_scenario(postgres.conninfo, callers, batch, args.seconds))
+                ours = run(orisun_scenario(bench.address, callers, batch, args.seconds))
+                raw = run(baseline_scenario(bench.conninfo, callers, batch, args.seconds))
                 name = f"{callers} callers x {batch} ev/call"
                 print(f"{name:28}{ours[0]:>13,.0f}{ours[1]:>9.2f}{ours[2]:>9.2f}{raw[0]:>13,.0f}{raw[1]:>9.2f}"
                       f"{raw[2]:>9.2f}{ours[0] / raw[0]:>8.2f}", flush=True)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
-        runner.run_until_complete(postgres.stop())
-        runner.close()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
