@@ -22,6 +22,7 @@ import pytest
 from orisun._proto import eventstore_pb2 as pb
 from orisun.config import parse_boundaries
 from orisun.storage.embedded import EmbeddedPostgres
+from tests.brief import BRIEF_GET_EVENTS, BRIEF_SAVE_EVENTS
 from tests.support import ServerThread, auth_metadata, basic, grpcurl, running_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,71 +30,6 @@ pytestmark = pytest.mark.timeout(120)
 # The brief: "ORISUN_PG_SCHEMAS=users:test2,orisun_admin:admin", plus the orders and payments
 # boundaries its examples use and its standalone-mode "ORISUN_PG_SCHEMAS=public".
 SCHEMAS = "users:test2,orders,payments,public"
-
-# --- The brief's bodies, verbatim ---------------------------------------------------------------
-
-SAVE_EVENTS_EXAMPLE = r"""{
-  "boundary": "users",
-  "events": [
-    {
-      "event_id": "0191b93c-5f3c-75c8-92ce-5a3300709178",
-      "event_type": "UserRegistered",
-      "tags": [
-        {"key": "tenant_id", "value": "tenant-456"},
-        {"key": "source", "value": "web_signup"}
-      ],
-      "data": "{\"email\": \"john.doe@example.com\", \"username\": \"johndoe\", \"full_name\": \"John Doe\"}",
-      "metadata": "{\"source\": \"web_signup\", \"ip_address\": \"192.168.1.1\"}"
-    },
-    {
-      "event_id": "0191b93c-5f3c-75c8-92ce-5a3300709179",
-      "event_type": "UserProfileCompleted",
-      "tags": [
-        {"key": "tenant_id", "value": "tenant-456"}
-      ],
-      "data": "{\"phone\": \"+1234567890\", \"address\": \"123 Main St, City, Country\"}",
-      "metadata": "{\"completed_at\": \"2024-01-20T15:30:00Z\"}"
-    }
-  ],
-  "stream": {
-    "expected_version": -1,
-    "name": "user-1234"
-  }
-}
-"""
-
-GET_EVENTS_EXAMPLE = r"""{
-  "boundary": "orders",
-  "stream": {
-    "name": "order-789"
-  },
-  "query": {
-    "criteria": [
-      {
-        "tags": [
-          {"key": "event_type", "value": "OrderCreated"}
-        ]
-      },
-      {
-        "tags": [
-          {"key": "event_type", "value": "PaymentProcessed"}
-        ]
-      },
-      {
-        "tags": [
-          {"key": "event_type", "value": "OrderShipped"}
-        ]
-      }
-    ]
-  },
-  "count": 100,
-  "direction": "ASC",
-  "last_retrieved_position": {
-    "commit_position": "1000",
-    "prepare_position": "999"
-  }
-}
-"""
 
 # What the brief's SaveEvents example stores: two events in a new stream, versions 0 and 1.
 SAVE_EXPECTED_RESULT = {"log_position": {"commit_position": "2", "prepare_position": "2"}, "new_stream_version": "1"}
@@ -170,10 +106,10 @@ def _assert_brief_user_events_stored(server: ServerThread) -> None:
 def test_save_events_example(brief_server: ServerThread) -> None:
     # Whether this runs first or after test_auth_header_example, the answer is the same: the
     # second run of the same write is an idempotent retry returning the original WriteResult.
-    assert run(brief_server, "SaveEvents", SAVE_EVENTS_EXAMPLE) == SAVE_EXPECTED_RESULT
+    assert run(brief_server, "SaveEvents", BRIEF_SAVE_EVENTS) == SAVE_EXPECTED_RESULT
     _assert_brief_user_events_stored(brief_server)
     # Running the example again is a safe retry, not a conflict and not a second copy.
-    assert run(brief_server, "SaveEvents", SAVE_EVENTS_EXAMPLE) == SAVE_EXPECTED_RESULT
+    assert run(brief_server, "SaveEvents", BRIEF_SAVE_EVENTS) == SAVE_EXPECTED_RESULT
     _assert_brief_user_events_stored(brief_server)
 
 
@@ -183,12 +119,12 @@ def test_auth_header_example(brief_server: ServerThread) -> None:
     users = brief_server.app.users
     assert users is not None
     brief_server.call(users.create("Example", "username", "password", ["OPERATIONS"]))
-    assert run(brief_server, "SaveEvents", SAVE_EVENTS_EXAMPLE, auth=("username", "password")) == SAVE_EXPECTED_RESULT
+    assert run(brief_server, "SaveEvents", BRIEF_SAVE_EVENTS, auth=("username", "password")) == SAVE_EXPECTED_RESULT
     _assert_brief_user_events_stored(brief_server)
 
 
 def test_saved_example_is_readable_with_grpcurl(brief_server: ServerThread) -> None:
-    run(brief_server, "SaveEvents", SAVE_EVENTS_EXAMPLE)
+    run(brief_server, "SaveEvents", BRIEF_SAVE_EVENTS)
     answer = run(brief_server, "GetEvents", '{"boundary": "users", "stream": {"name": "user-1234"}}')
     events = answer["events"]
     assert [e["event_id"] for e in events] == ["0191b93c-5f3c-75c8-92ce-5a3300709178",
@@ -233,7 +169,7 @@ def test_get_events_example(brief_server: ServerThread) -> None:
         assert (result.log_position.commit_position, result.log_position.prepare_position) == (1603, 1603)
         assert result.new_stream_version == 8
 
-    answer = run(brief_server, "GetEvents", GET_EVENTS_EXAMPLE)
+    answer = run(brief_server, "GetEvents", BRIEF_GET_EVENTS)
     got = [
         (e["event_id"], e["event_type"], e["stream_id"], e.get("version", 0),
          e["position"]["commit_position"], e["position"]["prepare_position"])
@@ -275,7 +211,7 @@ def test_public_schema_boundary(brief_server: ServerThread) -> None:
 
 def test_users_boundary_lives_in_schema_test2(brief_server: ServerThread) -> None:
     """ORISUN_PG_SCHEMAS=users:test2 stores boundary `users` in schema test2."""
-    run(brief_server, "SaveEvents", SAVE_EVENTS_EXAMPLE)
+    run(brief_server, "SaveEvents", BRIEF_SAVE_EVENTS)
     with psycopg.connect(brief_server.settings.pg_conninfo or "") as conn:
         rows = conn.execute("SELECT event_id::text FROM test2.events ORDER BY position").fetchall()
     assert rows == [("0191b93c-5f3c-75c8-92ce-5a3300709178",), ("0191b93c-5f3c-75c8-92ce-5a3300709179",)]
