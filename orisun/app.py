@@ -22,7 +22,9 @@ from nats.aio.client import Client as NatsClient
 
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
+from orisun.messaging.pubsub import PubSub
 from orisun.service.events import EventStore
+from orisun.service.pubsub import PubSubService
 from orisun.service.users import Users
 from orisun.storage.database import Database, describe
 from orisun.storage.embedded import EmbeddedPostgres
@@ -117,8 +119,15 @@ class Orisun:
             )
 
         self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload)
+        pubsub = PubSub(self.nats_client, retention=s.pubsub_retention, ack_wait=s.pubsub_ack_wait)
+        await pubsub.setup()
         self.grpc = GrpcServer(
-            self.users, self.events, host=s.grpc_host, port=s.grpc_port, max_message_size=s.grpc_max_message_size
+            self.users,
+            self.events,
+            PubSubService(pubsub, max_payload=s.nats_max_payload),
+            host=s.grpc_host,
+            port=s.grpc_port,
+            max_message_size=s.grpc_max_message_size,
         )
         await self.grpc.start()
 

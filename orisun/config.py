@@ -73,6 +73,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_NATS_MAX_PAYLOAD", "1048576", "Maximum NATS message size in bytes; larger events are refused."),
     Variable("ORISUN_NATS_USERNAME", "orisun", "User that Orisun's NATS clients authenticate as."),
     Variable("ORISUN_NATS_PASSWORD", "(random at each start)", "Password of that NATS user."),
+    Variable("ORISUN_PUBSUB_RETENTION", "168h", "How long pub/sub messages are kept for consumers that are away."),
+    Variable("ORISUN_PUBSUB_ACK_WAIT", "30s", "After this, a pub/sub message handed to a client that vanished is "
+             "redelivered."),
     Variable("ORISUN_NATS_CLUSTER_ENABLED", "false", "Join a NATS cluster (clustered mode)."),
     Variable("ORISUN_NATS_CLUSTER_NAME", "orisun-nats-cluster", "Name of the NATS cluster."),
     Variable("ORISUN_NATS_CLUSTER_HOST", "localhost", "Host the NATS cluster listener binds to."),
@@ -114,6 +117,8 @@ class Settings:
     nats_max_payload: int = 1048576
     nats_username: str = "orisun"
     nats_password: str | None = None  # None = a random one per start
+    pubsub_retention: float = 168 * 3600.0
+    pubsub_ack_wait: float = 30.0
     nats_cluster_enabled: bool = False
     nats_cluster_name: str = "orisun-nats-cluster"
     nats_cluster_host: str = "localhost"
@@ -227,8 +232,9 @@ def _check_port(variable: str, port: int, *, allow_zero: bool = True) -> int:
 
 
 def _seconds(env: environs.Env, variable: str) -> float:
-    # The defaults in VARIABLES are whole seconds written like "30s".
-    default = timedelta(seconds=int(_DEFAULTS[variable].removesuffix("s")))
+    # The defaults in VARIABLES are whole seconds or hours, written like "30s" or "168h".
+    text = _DEFAULTS[variable]
+    default = timedelta(hours=int(text[:-1])) if text.endswith("h") else timedelta(seconds=int(text[:-1]))
     value: timedelta = _read(env, variable, lambda: env.timedelta(variable, default))
     seconds = value.total_seconds()
     if seconds <= 0:
@@ -299,6 +305,8 @@ def load_settings() -> Settings:
         nats_max_payload=_positive(env, "ORISUN_NATS_MAX_PAYLOAD"),
         nats_username=_nonempty(env, "ORISUN_NATS_USERNAME"),
         nats_password=nats_password,
+        pubsub_retention=_seconds(env, "ORISUN_PUBSUB_RETENTION"),
+        pubsub_ack_wait=_seconds(env, "ORISUN_PUBSUB_ACK_WAIT"),
         nats_cluster_enabled=_read(env, "ORISUN_NATS_CLUSTER_ENABLED",
                                    lambda: env.bool("ORISUN_NATS_CLUSTER_ENABLED", False)),
         nats_cluster_name=_nonempty(env, "ORISUN_NATS_CLUSTER_NAME"),

@@ -118,9 +118,10 @@ def test_grpcurl_health_check(server: ServerThread) -> None:
 
 def test_unimplemented_rpcs_say_so(server: ServerThread) -> None:
     with server.stub() as stub, pytest.raises(grpc.RpcError) as raised:
-        stub.PublishToPubSub(pb.PublishRequest(subject="a.b", data="{}"), metadata=auth_metadata(), timeout=10)
+        list(stub.CatchUpSubscribeToEvents(pb.CatchUpSubscribeToEventStoreRequest(boundary="orisun_admin"),
+                                           metadata=auth_metadata(), timeout=10))
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "PublishToPubSub" in raised.value.details()
+    assert "SubscribeToEvents" in raised.value.details()
 
 
 def test_configured_admin_credentials_are_used(start_server: Callable[..., ServerThread]) -> None:
@@ -187,8 +188,12 @@ def test_streaming_rpcs_report_their_status_on_the_stream(server: ServerThread) 
         for call in (
             lambda: list(stub.SubscribeToEvents(pb.CatchUpSubscribeToEventStoreRequest(), metadata=auth_metadata(),
                                                 timeout=10)),
-            lambda: list(stub.SubscribeToPubSub(pb.SubscribeRequest(), metadata=auth_metadata(), timeout=10)),
         ):
             with pytest.raises(grpc.RpcError) as raised:
                 call()
             assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # A streaming call's validation error arrives on the stream too.
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.SubscribeToPubSub(pb.SubscribeRequest(), metadata=auth_metadata(), timeout=10))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "subject" in raised.value.details()

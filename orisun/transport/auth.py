@@ -144,19 +144,16 @@ def _kind(handler: grpc.RpcMethodHandler) -> str:
 
 
 def _as_user(handler: grpc.RpcMethodHandler, user: User, gate: Gate) -> grpc.RpcMethodHandler:
-    """``handler`` with ``current_user`` set to ``user`` while it runs, counted by ``gate``."""
+    """``handler`` with ``current_user`` set to ``user`` while it runs; unary calls counted by ``gate``."""
     kind = _kind(handler)
     behavior = getattr(handler, kind)
     if inspect.isasyncgenfunction(behavior):
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            # Not counted by the gate: a subscription has no end to wait for at shutdown.
             current_user.set(user)
-            gate.enter()
-            try:
-                async for item in behavior(request, context):
-                    yield item
-            finally:
-                gate.leave()
+            async for item in behavior(request, context):
+                yield item
 
         wrapped: Callable[..., Any] = streaming
     else:

@@ -11,13 +11,16 @@ from grpc_reflection.v1alpha import reflection
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import StartupError
 from orisun.service.events import EventStore
+from orisun.service.pubsub import PubSubService
 from orisun.service.users import Users
 from orisun.transport.auth import AuthInterceptor, Gate
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
 
 class GrpcServer:
-    def __init__(self, users: Users, events: EventStore, *, host: str, port: int, max_message_size: int) -> None:
+    def __init__(
+        self, users: Users, events: EventStore, pubsub: PubSubService, *, host: str, port: int, max_message_size: int
+    ) -> None:
         self._host = host
         self._requested_port = port
         self.port = 0
@@ -32,7 +35,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(events), self.server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(events, pubsub), self.server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -58,5 +61,6 @@ class GrpcServer:
         began = time.monotonic()
         await self.health.enter_graceful_shutdown()
         await self._gate.close(grace)
-        # Calls still running now (long streams) get what is left of the grace, then CANCELLED.
-        await self.server.stop(max(0.1, grace - (time.monotonic() - began)))
+        # Unary calls are done (or out of grace); what still runs are subscriptions, which have no
+        # end to wait for: they get a moment to flush, then are cancelled.
+        await self.server.stop(max(0.1, min(1.0, grace - (time.monotonic() - began))))

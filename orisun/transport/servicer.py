@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -10,7 +11,9 @@ from google.protobuf import empty_pb2
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import Unimplemented
+from orisun.messaging.pubsub import PubSubMessage
 from orisun.service.events import EventStore
+from orisun.service.pubsub import PubSubService
 from orisun.transport import convert
 from orisun.transport.auth import current_user
 from orisun.transport.status import translate_errors
@@ -23,8 +26,9 @@ def _not_yet(rpc: str) -> Unimplemented:
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
-    def __init__(self, events: EventStore) -> None:
+    def __init__(self, events: EventStore, pubsub: PubSubService) -> None:
         self._events = events
+        self._pubsub = pubsub
 
     @translate_errors
     async def SaveEvents(self, request: pb.SaveEventsRequest, context: grpc.aio.ServicerContext) -> pb.WriteResult:
@@ -57,11 +61,17 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     async def PublishToPubSub(
         self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        raise _not_yet("PublishToPubSub")
+        message = PubSubMessage(request.id, request.subject, request.data, request.metadata)
+        await self._pubsub.publish(current_user.get(), message)
+        return empty_pb2.Empty()
 
     @translate_errors
     async def SubscribeToPubSub(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        raise _not_yet("SubscribeToPubSub")
-        yield
+        messages = self._pubsub.subscribe(current_user.get(), request.subject, request.consumer_name)
+        async with contextlib.aclosing(messages):
+            async for m in messages:
+                yield pb.SubscribeResponse(
+                    message=pb.Message(id=m.id, subject=m.subject, data=m.data, metadata=m.metadata)
+                )

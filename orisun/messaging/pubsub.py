@@ -1,0 +1,89 @@
+"""Pub/sub topics on JetStream (contract section 6).
+
+One file-backed stream, ``ORISUN_PUBSUB``, holds every topic under ``orisun.pubsub.<subject>``
+for ``retention`` seconds. A subscriber name maps to one durable pull consumer per subject:
+clients sharing the name pull from the same consumer, so each message goes to one of them
+(competing consumers); another name is another consumer and gets every message (fan-out); a
+durable consumer keeps its place while nobody is connected. A message is acknowledged only once
+the next one is asked for, that is after it was handed on; one fetched by a client that vanishes
+is redelivered after ``ack_wait`` (at-least-once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from orisun.errors import Unavailable
+
+STREAM = "ORISUN_PUBSUB"
+PREFIX = "orisun.pubsub."
+_FETCH_WAIT = 5.0  # seconds one pull waits for messages before asking again
+
+
+@dataclass(frozen=True)
+class PubSubMessage:
+    id: str
+    subject: str
+    data: str
+    metadata: str
+
+
+def durable_name(consumer_name: str, subject: str) -> str:
+    """The JetStream consumer for a (name, subject) pair; durable names cannot hold dots."""
+    return f"{consumer_name}_{hashlib.sha256(subject.encode()).hexdigest()[:12]}"
+
+
+class PubSub:
+    def __init__(self, client: Client, *, retention: float, ack_wait: float) -> None:
+        self._js = client.jetstream()
+        self._retention = retention
+        self._ack_wait = ack_wait
+
+    async def setup(self) -> None:
+        """Create the stream, or bring its retention up to date."""
+        config = StreamConfig(name=STREAM, subjects=[PREFIX + ">"], storage=StorageType.FILE,
+                              max_age=self._retention)
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._js.update_stream(config)
+
+    async def publish(self, message: PubSubMessage) -> None:
+        body = json.dumps({"id": message.id, "data": message.data, "metadata": message.metadata}).encode()
+        try:
+            # Nats-Msg-Id makes a retried publish of the same id a no-op within the dedupe window.
+            await self._js.publish(PREFIX + message.subject, body, stream=STREAM, headers={"Nats-Msg-Id": message.id})
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"NATS is unavailable ({exc}); retry") from exc
+
+    async def subscribe(self, subject: str, consumer_name: str) -> AsyncGenerator[PubSubMessage, None]:
+        """Messages for ``consumer_name`` on ``subject``, until the caller stops iterating."""
+        config = ConsumerConfig(durable_name=durable_name(consumer_name, subject), ack_policy=AckPolicy.EXPLICIT,
+                                deliver_policy=DeliverPolicy.NEW, ack_wait=self._ack_wait,
+                                filter_subject=PREFIX + subject)
+        try:
+            subscription = await self._js.pull_subscribe(PREFIX + subject, durable=config.durable_name,
+                                                         stream=STREAM, config=config)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"NATS is unavailable ({exc}); retry") from exc
+        try:
+            while True:
+                try:
+                    batch = await subscription.fetch(1, timeout=_FETCH_WAIT)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for msg in batch:
+                    body = json.loads(msg.data)
+                    yield PubSubMessage(body["id"], msg.subject.removeprefix(PREFIX), body["data"], body["metadata"])
+                    # Resumed: the caller has handed the message on, so it is done.
+                    await msg.ack()
+        finally:
+            await subscription.unsubscribe()

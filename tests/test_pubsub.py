@@ -1,0 +1,740 @@
+"""PublishToPubSub / SubscribeToPubSub on a real server (contract sections 6 and 7).
+
+Written from the contract and the implementer's stated decisions, not from the implementation:
+
+- subjects are dot-separated tokens of [A-Za-z0-9_-]; publish takes no wildcards, subscribe may use
+  `*` tokens and a final `>`; anything else is INVALID_ARGUMENT naming `subject`;
+- consumer_name is required, [A-Za-z0-9_-]{1,64}, else INVALID_ARGUMENT naming `consumer_name`;
+- publishing needs ADMIN or OPERATIONS, subscribing any authenticated user;
+- `id` is generated (a UUID) when empty and kept when given; data and metadata round-trip exactly;
+- a new consumer name starts with what is published after it first subscribed, and is durable;
+  subscribers sharing a name split the messages, different names each get every message.
+
+Establishing a subscription is observable only through delivery, so tests publish "probe" messages
+until every subscriber has received one (`establish`), and then publish the messages under test.
+Probes are excluded from the exact-set assertions. Delivery is in stream order, so a message that
+should never arrive (published before the consumer existed, or on a non-matching subject) is
+published before the ones awaited: once those have arrived, its absence is meaningful.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+
+from orisun._proto import eventstore_pb2 as pb
+from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.model import Role
+from orisun.storage.embedded import EmbeddedPostgres
+from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
+from tests.support import ADMIN, ServerThread, auth_metadata, basic, grpcurl, grpcurl_path, running_server, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+READER = ("pubsub-reader", "reader-password-1")  # a user without roles
+OPERATOR = ("pubsub-operator", "operator-password-1")  # role OPERATIONS
+
+# A short ack wait (ORISUN_PUBSUB_ACK_WAIT) bounds how long a redelivery can take, so that a test
+# racing a disconnect (see test_reconnecting_consumer_gets_what_it_missed) stays fast either way.
+ACK_WAIT = 5.0
+DELIVERY_TIMEOUT = 20.0  # for messages that should arrive promptly
+REDELIVERY_TIMEOUT = ACK_WAIT + DELIVERY_TIMEOUT
+
+
+# --- Fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pubsub_server(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
+    """One server for the module; every test uses its own subjects and consumer names."""
+    with running_server(postgres.conninfo, "test_pubsub", pubsub_ack_wait=ACK_WAIT) as server:
+        users = server.app.users
+        assert users is not None
+        server.call(users.create("Pub/sub reader", *READER, []))
+        server.call(users.create("Pub/sub operator", *OPERATOR, [Role.OPERATIONS]))
+        yield server
+
+
+@pytest.fixture
+def stub(pubsub_server: ServerThread) -> Iterator[pb_grpc.EventStoreStub]:
+    with pubsub_server.stub() as client:
+        yield client
+
+
+def unique(prefix: str) -> str:
+    """A subject token / consumer name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def publish(
+    stub: pb_grpc.EventStoreStub,
+    subject: str,
+    *,
+    id: str = "",
+    data: str = "",
+    metadata: str = "",
+    auth: tuple[str, str] | None = ADMIN,
+) -> None:
+    request = pb.PublishRequest(id=id, subject=subject, data=data, metadata=metadata)
+    answer = stub.PublishToPubSub(request, metadata=auth_metadata(*auth) if auth else None, timeout=10)
+    assert isinstance(answer, empty_pb2.Empty)
+
+
+def publish_many(stub: pb_grpc.EventStoreStub, subject: str, count: int, data: str = "") -> list[str]:
+    """Publish ``count`` messages with known ids, in order; their ids."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    for n, message_id in enumerate(ids):
+        publish(stub, subject, id=message_id, data=data or f'{{"n": {n}}}', metadata='{"m": true}')
+    return ids
+
+
+def rpc_error(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value.code(), raised.value.details() or ""
+
+
+class Subscriber:
+    """A SubscribeToPubSub call on its own channel (a separate client), read by a thread.
+
+    With ``pause_after`` the thread stops reading after that many messages until ``resume()``:
+    a slow consumer that leaves the rest in gRPC's buffers and flow-control window."""
+
+    def __init__(
+        self,
+        server: ServerThread,
+        subject: str,
+        consumer_name: str,
+        auth: tuple[str, str] = ADMIN,
+        pause_after: int | None = None,
+        options: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        self.subject = subject
+        self.consumer_name = consumer_name
+        self._channel = grpc.insecure_channel(server.address, options=options)
+        request = pb.SubscribeRequest(subject=subject, consumer_name=consumer_name)
+        self._call = pb_grpc.EventStoreStub(self._channel).SubscribeToPubSub(
+            request, metadata=auth_metadata(*auth), timeout=120
+        )
+        self._lock = threading.Lock()
+        self._messages: list[pb.Message] = []
+        self._pause_after = pause_after
+        self._resumed = threading.Event()
+        self._closing = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name=f"subscriber-{consumer_name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                with self._lock:
+                    self._messages.append(response.message)
+                    count = len(self._messages)
+                if self._pause_after is not None and count >= self._pause_after:
+                    self._resumed.wait()
+        except grpc.RpcError as exc:
+            if not self._closing:
+                self.error = exc
+        else:
+            if not self._closing:
+                self.error = RuntimeError("the subscription ended without an error")
+
+    def resume(self) -> None:
+        self._pause_after = None
+        self._resumed.set()
+
+    def check(self) -> None:
+        """Fail the test at once if the subscription failed."""
+        if isinstance(self.error, grpc.RpcError):
+            raise AssertionError(f"subscription {self.consumer_name} on {self.subject} failed: "
+                                 f"{self.error.code()} {self.error.details()}")
+        if self.error is not None:
+            raise AssertionError(f"subscription {self.consumer_name} on {self.subject}: {self.error}")
+
+    @property
+    def messages(self) -> list[pb.Message]:
+        with self._lock:
+            return list(self._messages)
+
+    def ids(self) -> list[str]:
+        return [m.id for m in self.messages]
+
+    def wait_for_ids(self, expected: Iterable[str], timeout: float = DELIVERY_TIMEOUT) -> None:
+        wanted = set(expected)
+
+        def arrived() -> bool:
+            self.check()
+            return wanted <= set(self.ids())
+
+        wait_for(arrived, timeout, f"{len(wanted - set(self.ids()))} of {len(wanted)} messages "
+                                   f"to reach {self.consumer_name}")
+
+    def close(self) -> None:
+        """Cancel the call and drop the client (the client vanishes)."""
+        self._closing = True
+        self._call.cancel()
+        self._resumed.set()
+        self._thread.join(timeout=10)
+        self._channel.close()
+
+
+@pytest.fixture
+def subscribe(pubsub_server: ServerThread) -> Iterator[Callable[..., Subscriber]]:
+    """Start subscribers; all are cancelled at the end of the test."""
+    started: list[Subscriber] = []
+
+    def start(subject: str, consumer_name: str, **kwargs: Any) -> Subscriber:
+        subscriber = Subscriber(pubsub_server, subject, consumer_name, **kwargs)
+        started.append(subscriber)
+        return subscriber
+
+    yield start
+    for subscriber in started:
+        subscriber.close()
+
+
+def establish(stub: pb_grpc.EventStoreStub, subject: str, subscribers: list[Any], timeout: float = 15.0) -> set[str]:
+    """Publish probes on ``subject`` until every subscriber has received one; the probe ids.
+
+    A subscription exists once it receives something; a new consumer gets only what is published
+    after it subscribed, so probing (not sleeping) is how to know it is there."""
+    probes: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = str(uuid.uuid4())
+        publish(stub, subject, id=probe, data="probe")
+        probes.add(probe)
+        round_end = time.monotonic() + 0.25
+        while time.monotonic() < round_end:
+            for subscriber in subscribers:
+                subscriber.check()
+            received = [set(s.ids()) for s in subscribers]  # Subscriber or GrpcurlSubscription
+            if all(r & probes for r in received):
+                return probes
+            if any(probe in r for r in received):
+                break  # progress: publish the next probe for those still waiting
+            time.sleep(0.01)
+        if time.monotonic() > deadline:
+            missing = [s.consumer_name for s in subscribers if not set(s.ids()) & probes]
+            raise AssertionError(f"subscriptions not established after {timeout}s: {missing}")
+
+
+def non_probe(ids: Iterable[str], probes: set[str]) -> list[str]:
+    return [i for i in ids if i not in probes]
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+# --- The brief's examples, verbatim through grpcurl -----------------------------------------------
+
+
+def test_brief_publish_example_without_subscriber(pubsub_server: ServerThread) -> None:
+    result = grpcurl(pubsub_server.address, "eventstore.EventStore/PublishToPubSub", data=BRIEF_PUBLISH)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {}
+
+
+def test_brief_publish_example_is_delivered(
+    pubsub_server: ServerThread, stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    body = json.loads(BRIEF_PUBLISH)
+    subscriber = subscribe(body["subject"], unique("brief-publish"))
+    probes = establish(stub, body["subject"], [subscriber])
+
+    result = grpcurl(pubsub_server.address, "eventstore.EventStore/PublishToPubSub", data=BRIEF_PUBLISH)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {}
+
+    def delivered() -> list[pb.Message]:
+        subscriber.check()
+        return [m for m in subscriber.messages if m.id not in probes]
+
+    [message] = wait_for(delivered, DELIVERY_TIMEOUT, "the brief's message")
+    assert is_uuid(message.id), message.id
+    assert message.subject == "order.notifications"
+    assert message.data == (
+        '{"order_id": "order-789", "status": "shipped", "customer_email": "john.doe@example.com"}'
+    )
+    assert message.metadata == '{"priority": "high", "notification_type": "shipping_update"}'
+
+
+class GrpcurlSubscription:
+    """The real grpcurl running SubscribeToPubSub; its JSON output parsed as it arrives."""
+
+    def __init__(self, address: str, body: str) -> None:
+        command = [grpcurl_path(), "-plaintext", "-H", f"Authorization: {basic(*ADMIN)}", "-d", "@",
+                   address, "eventstore.EventStore/SubscribeToPubSub"]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ},
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(body)
+        self.process.stdin.close()
+        self._lock = threading.Lock()
+        self._objects: list[Any] = []
+        self.consumer_name = "grpcurl"
+        self._thread = threading.Thread(target=self._read, name="grpcurl-subscribe", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        decoder = json.JSONDecoder()
+        buffer = ""
+        for line in self.process.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    obj, end = decoder.raw_decode(buffer.lstrip())
+                except json.JSONDecodeError:
+                    break  # incomplete: wait for more lines
+                buffer = buffer.lstrip()[end:]
+                with self._lock:
+                    self._objects.append(obj)
+
+    @property
+    def objects(self) -> list[Any]:
+        with self._lock:
+            return list(self._objects)
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            stderr = self.process.stderr.read() if self.process.stderr else ""
+            raise AssertionError(f"grpcurl exited with {self.process.returncode}: {stderr}")
+
+    def ids(self) -> set[str]:
+        return {o["message"]["id"] for o in self.objects}
+
+    def close(self) -> None:
+        self.process.terminate()  # only the grpcurl this test started
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._thread.join(timeout=10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_brief_subscribe_example_through_grpcurl(pubsub_server: ServerThread, stub: pb_grpc.EventStoreStub) -> None:
+    body = json.loads(BRIEF_SUBSCRIBE_TO_PUBSUB)
+    subject = body["subject"]
+    assert subject == "inventory.updates"
+    subscription = GrpcurlSubscription(pubsub_server.address, BRIEF_SUBSCRIBE_TO_PUBSUB)
+    try:
+        # Publish until grpcurl shows the first message: the subscription is established.
+        probes = establish(stub, subject, [subscription])
+
+        expected = {}
+        for n in range(5):
+            message_id = str(uuid.uuid4())
+            data = json.dumps({"sku": f"SKU-{n}", "quantity_change": -n, "warehouse": "WH-1"})
+            metadata = json.dumps({"source": "inventory-service", "seq": n})
+            publish(stub, subject, id=message_id, data=data, metadata=metadata)
+            expected[message_id] = {"message": {"id": message_id, "subject": subject, "data": data,
+                                                "metadata": metadata}}
+
+        def all_arrived() -> bool:
+            subscription.check()
+            return set(expected) <= subscription.ids()
+
+        wait_for(all_arrived, DELIVERY_TIMEOUT, "the inventory updates in grpcurl's output")
+        got = {o["message"]["id"]: o for o in subscription.objects if o["message"]["id"] not in probes}
+        assert got == expected
+        probe_objects = [o for o in subscription.objects if o["message"]["id"] in probes]
+        assert probe_objects and all(
+            o == {"message": {"id": o["message"]["id"], "subject": subject, "data": "probe"}} for o in probe_objects
+        )
+    finally:
+        subscription.close()
+
+
+# --- Round trip --------------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_id_data_and_metadata(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('rt')}.messages"
+    subscriber = subscribe(subject, unique("round-trip"))
+    probes = establish(stub, subject, [subscriber])
+
+    given_uuid = str(uuid.uuid4())
+    sent = [
+        # (id as published, data, metadata)
+        (given_uuid, '{"order_id": "order-789", "status": "shipped"}', '{"priority": "high"}'),
+        ("msg-0001", "plain text, not JSON {", "not json either ]"),
+        ("", "unicode: héllo wörld ✓ 🚀 日本語", '{"emoji": "🎉", "quote": "\\"", "backslash": "\\\\"}'),
+        ("", 'escapes: "quoted" \\ back\\slash \n newline \t tab \r\n crlf \u2028 \x7f \x01', "line1\nline2\r\n"),
+        ("", '{"empty_metadata": true}', ""),
+        ("", "", '{"empty_data": true}'),
+        ("", "x" * 100_000, "m" * 10_000),
+        ("", "  leading and trailing spaces  ", "  "),
+    ]
+    for message_id, data, metadata in sent:
+        publish(stub, subject, id=message_id, data=data, metadata=metadata)
+    last = str(uuid.uuid4())
+    publish(stub, subject, id=last, data="last", metadata="")
+    subscriber.wait_for_ids([last])
+
+    received = [m for m in subscriber.messages if m.id not in probes]
+    assert len(received) == len(sent) + 1, [m.id for m in received]
+    assert all(m.subject == subject for m in received)
+    by_data = {m.data: m for m in received}
+    assert len(by_data) == len(received)
+    for message_id, data, metadata in sent:
+        message = by_data[data]
+        assert message.metadata == metadata
+        if message_id:
+            assert message.id == message_id
+        else:
+            assert is_uuid(message.id), message.id
+    generated = [by_data[data].id for message_id, data, _ in sent if not message_id]
+    assert len(set(generated)) == len(generated)
+    assert given_uuid not in generated
+
+
+def test_data_and_metadata_may_contain_nul(stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]) -> None:
+    """A proto string may hold U+0000 and pub/sub payloads are "any string", delivered byte-for-byte
+    (nothing here goes through PostgreSQL text)."""
+    subject = f"{unique('nul')}.x"
+    subscriber = subscribe(subject, unique("nul"))
+    probes = establish(stub, subject, [subscriber])
+    message_id = str(uuid.uuid4())
+    publish(stub, subject, id=message_id, data="a\u0000b", metadata="\u0000")
+    subscriber.wait_for_ids([message_id])
+    [message] = [m for m in subscriber.messages if m.id not in probes]
+    assert (message.data, message.metadata) == ("a\u0000b", "\u0000")
+
+
+def test_subject_of_delivered_message_is_the_published_one(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    """Wildcard subscriptions: `*` matches one token, a final `>` one or more."""
+    root = unique("wc")
+    star = subscribe(f"{root}.*", unique("star"))
+    tail = subscribe(f"{root}.>", unique("tail"))
+    middle = subscribe(f"{root}.*.created", unique("middle"))
+    probes = establish(stub, f"{root}.probe", [star, tail])
+    probes |= establish(stub, f"{root}.probe.created", [middle, tail])
+
+    # Published first: must reach nobody (delivery follows publication order).
+    publish(stub, f"other-{root}.a", id=str(uuid.uuid4()), data="another root")
+    publish(stub, root, id=str(uuid.uuid4()), data="the bare root matches none of the patterns")
+    subjects = [f"{root}.a", f"{root}.b", f"{root}.a.deep", f"{root}.x.created", f"{root}.x.y.created",
+                f"{root}.z.created",  # last for middle
+                f"{root}.zz"]  # last for star and tail
+    on = {subject: str(uuid.uuid4()) for subject in subjects}
+    for subject, message_id in on.items():
+        publish(stub, subject, id=message_id, data=subject)
+
+    star.wait_for_ids([on[f"{root}.zz"]])
+    tail.wait_for_ids([on[f"{root}.zz"]])
+    middle.wait_for_ids([on[f"{root}.z.created"]])
+
+    def got(subscriber: Subscriber) -> dict[str, str]:
+        messages = [m for m in subscriber.messages if m.id not in probes]
+        assert all(m.data == m.subject for m in messages)
+        return {m.id: m.subject for m in messages}
+
+    def expect(*subjects: str) -> dict[str, str]:
+        return {on[subject]: subject for subject in subjects}
+
+    assert got(star) == expect(f"{root}.a", f"{root}.b", f"{root}.zz")
+    assert got(tail) == expect(*subjects)
+    assert got(middle) == expect(f"{root}.x.created", f"{root}.z.created")
+
+
+def test_publish_without_subscribers_succeeds(stub: pb_grpc.EventStoreStub) -> None:
+    for n in range(3):
+        publish(stub, f"{unique('nobody')}.listening", data=str(n))
+    publish(stub, unique("single-token"), id=str(uuid.uuid4()), data="x", metadata="y")
+
+
+# --- Delivery semantics ------------------------------------------------------------------------
+
+
+def test_competing_consumers_split_the_messages(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('compete')}.jobs"
+    name = unique("workers")
+    workers = [subscribe(subject, name) for _ in range(3)]
+    probes = establish(stub, subject, workers)
+
+    published = publish_many(stub, subject, 300)
+
+    def union() -> set[str]:
+        for worker in workers:
+            worker.check()
+        return set().union(*(w.ids() for w in workers))
+
+    wait_for(lambda: set(published) <= union(), DELIVERY_TIMEOUT, "all 300 messages across the workers")
+    per_worker = [non_probe(w.ids(), probes) for w in workers]
+    everything = [i for ids in per_worker for i in ids]
+    assert sorted(everything) == sorted(published), "each message to exactly one worker, nothing else"
+    assert all(per_worker), f"every worker should get some: {[len(ids) for ids in per_worker]}"
+    all_ids = [i for w in workers for i in w.ids()]
+    assert len(all_ids) == len(set(all_ids)), "no probe delivered twice either"
+
+
+def test_different_consumer_names_each_get_every_message(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('fanout')}.events"
+    billing = subscribe(subject, unique("billing"))
+    shipping_a = subscribe(subject, (shipping := unique("shipping")))
+    shipping_b = subscribe(subject, shipping)
+    probes = establish(stub, subject, [billing, shipping_a, shipping_b])
+
+    published = publish_many(stub, subject, 100)
+
+    billing.wait_for_ids(published)
+    assert sorted(non_probe(billing.ids(), probes)) == sorted(published)
+
+    def shipping_union() -> set[str]:
+        shipping_a.check()
+        shipping_b.check()
+        return set(shipping_a.ids()) | set(shipping_b.ids())
+
+    wait_for(lambda: set(published) <= shipping_union(), DELIVERY_TIMEOUT, "every message to shipping")
+    shipped = non_probe(shipping_a.ids(), probes) + non_probe(shipping_b.ids(), probes)
+    assert sorted(shipped) == sorted(published)
+
+
+def test_new_consumer_starts_with_messages_published_after_it_subscribed(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('late')}.news"
+    early = subscribe(subject, unique("early"))
+    early_probes = establish(stub, subject, [early])
+    before = publish_many(stub, subject, 10)
+    early.wait_for_ids(before)
+
+    late = subscribe(subject, unique("late"))
+    late_probes = establish(stub, subject, [late])
+    after = publish_many(stub, subject, 5)
+    late.wait_for_ids(after)
+    assert sorted(non_probe(late.ids(), late_probes | early_probes)) == sorted(after)
+    assert not set(late.ids()) & early_probes
+
+
+def test_reconnecting_consumer_gets_what_it_missed(
+    pubsub_server: ServerThread, stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('durable')}.orders"
+    name = unique("order-projector")
+    before_first_subscription = publish_many(stub, subject, 5)
+
+    first = subscribe(subject, name)
+    probes = establish(stub, subject, [first])
+    while_connected = publish_many(stub, subject, 10)
+    first.wait_for_ids(while_connected)
+    first.close()
+    first_ids = first.ids()
+
+    while_away = publish_many(stub, subject, 20)
+
+    second = subscribe(subject, name)
+    # Normally prompt; if the old subscription grabbed some before the server saw it vanish, they
+    # come back after the ack wait.
+    second.wait_for_ids(while_away, timeout=REDELIVERY_TIMEOUT)
+    second_ids = second.ids()
+
+    assert not set(before_first_subscription) & (set(first_ids) | set(second_ids))
+    assert sorted(non_probe(first_ids, probes)) == sorted(while_connected)
+    # Besides what it missed, the second session may only see redeliveries of unacked messages.
+    assert set(second_ids) <= set(while_away) | set(while_connected) | probes
+    assert len(non_probe(second_ids, probes)) == len(set(non_probe(second_ids, probes)))
+
+
+def test_slow_consumer_does_not_hold_up_other_consumers(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('slow')}.feed"
+    slow = subscribe(subject, unique("slow"), pause_after=1)  # reads one message, then stops reading
+    fast = subscribe(subject, unique("fast"))
+    probes = establish(stub, subject, [slow, fast])
+    assert len(slow.messages) == 1
+
+    # ~3 MiB: more than gRPC's flow-control window lets the server push to the stalled client.
+    published = publish_many(stub, subject, 400, data="d" * 8192)
+    fast.wait_for_ids(published)
+    assert sorted(non_probe(fast.ids(), probes)) == sorted(published)
+    assert len(slow.messages) == 1
+
+    # The slow consumer was held back, not dropped: once it reads again it gets everything.
+    slow.resume()
+    slow.wait_for_ids(published, timeout=REDELIVERY_TIMEOUT)
+    assert set(non_probe(slow.ids(), probes)) == set(published)
+
+
+def test_message_in_flight_to_a_vanished_client_is_redelivered(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    """At-least-once. The first client reads one message and stalls, with BDP probing off so its
+    HTTP/2 window stays at 64 KiB: a 500 kB message cannot be fully written to it, so the server is
+    still handing one on when the client vanishes. A client of the same name must get every message,
+    that one included (after the ack wait)."""
+    subject = f"{unique('inflight')}.x"
+    name = unique("inflight")
+    first = subscribe(subject, name, pause_after=1, options=[("grpc.http2.bdp_probe", 0)])
+    probes = establish(stub, subject, [first])
+    published = publish_many(stub, subject, 10, data="p" * 500_000)
+    first.close()
+    assert not set(first.ids()) & set(published)
+
+    second = subscribe(subject, name)
+    second.wait_for_ids(published, timeout=REDELIVERY_TIMEOUT)
+    assert sorted(set(non_probe(second.ids(), probes))) == sorted(published)
+    assert all(m.data == "p" * 500_000 for m in second.messages if m.id in published)
+
+
+def test_durable_consumer_survives_a_server_restart(start_server: Callable[..., ServerThread]) -> None:
+    """Messages are kept in JetStream file storage: what was published while the consumer was away
+    is delivered after the server restarts (same data dir and database)."""
+    subject = f"{unique('restart')}.x"
+    name = unique("restart")
+    before = start_server(pubsub_ack_wait=ACK_WAIT)
+    with before.stub() as first_stub:
+        not_for_us = publish_many(first_stub, subject, 3)
+        first = Subscriber(before, subject, name)
+        try:
+            probes = establish(first_stub, subject, [first])
+        finally:
+            first.close()
+        while_away = publish_many(first_stub, subject, 10)
+    before.stop()
+
+    after = start_server(pubsub_ack_wait=ACK_WAIT)
+    second = Subscriber(after, subject, name)
+    try:
+        with after.stub() as second_stub:
+            second.wait_for_ids(while_away, timeout=REDELIVERY_TIMEOUT)
+            later = publish_many(second_stub, subject, 5)
+            second.wait_for_ids(later)
+        got = set(second.ids())
+        assert got <= set(while_away) | set(later) | probes
+        assert not got & set(not_for_us)
+    finally:
+        second.close()
+
+
+# --- Validation --------------------------------------------------------------------------------
+
+
+BAD_PUBLISH_SUBJECTS = [
+    "", ".", "a.", ".a", "a..b", "a b", " a", "a ", "a\tb", "a\nb", "a.*", "*", ">", "a.>", "*.a",
+    "a*", "a>b", "a/b", "é", "orders.ünïcode", "$JS.API.STREAM.LIST", "a,b",
+]
+BAD_SUBSCRIBE_SUBJECTS = [
+    "", ".", "a.", ".a", "a..b", "a b", "a\nb", "a.>.b", ">.a", "a*", "a.b*", "a.*b", "a>", "a.b>",
+    "$JS.API.>", "a/b", "é",
+]
+BAD_CONSUMER_NAMES = ["", " ", "a b", "a.b", "a*", "a>", "x" * 65, "é", "a/b", "$name", "a\n", "a:b"]
+
+
+@pytest.mark.parametrize("subject", BAD_PUBLISH_SUBJECTS)
+def test_publish_rejects_bad_subjects(stub: pb_grpc.EventStoreStub, subject: str) -> None:
+    code, details = rpc_error(lambda: publish(stub, subject, data="x"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "subject" in details
+
+
+def _first_delivery(stub: pb_grpc.EventStoreStub, subject: str, name: str, **kwargs: Any) -> None:
+    call = stub.SubscribeToPubSub(pb.SubscribeRequest(subject=subject, consumer_name=name), timeout=5, **kwargs)
+    try:
+        next(call)
+    finally:
+        call.cancel()
+
+
+@pytest.mark.parametrize("subject", BAD_SUBSCRIBE_SUBJECTS)
+def test_subscribe_rejects_bad_subjects(stub: pb_grpc.EventStoreStub, subject: str) -> None:
+    code, details = rpc_error(lambda: _first_delivery(stub, subject, unique("c"), metadata=auth_metadata()))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "subject" in details
+    assert "consumer_name" not in details
+
+
+@pytest.mark.parametrize("name", BAD_CONSUMER_NAMES)
+def test_subscribe_rejects_bad_consumer_names(stub: pb_grpc.EventStoreStub, name: str) -> None:
+    subject = f"{unique('names')}.x"
+    code, details = rpc_error(lambda: _first_delivery(stub, subject, name, metadata=auth_metadata()))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "consumer_name" in details
+
+
+def test_boundary_subjects_and_names_are_accepted(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    token = unique("Edge_Case")
+    for subject in (token, f"{token}.A-b_c.9", f"{token}.a.b.c.d.e.f.g", f"{token}.-.-_"):
+        publish(stub, subject, data="accepted")
+    longest = subscribe(f"*.{token}.>", "N" + uuid.uuid4().hex[:31] + "_-" * 15 + "Z-")
+    assert len(longest.consumer_name) == 64
+    shortest = subscribe(f"{token}.*", uuid.uuid4().hex[0])  # one character (may repeat: fine, own subject)
+    establish(stub, f"x.{token}.y", [longest])
+    establish(stub, f"{token}.y", [shortest])
+
+
+# --- Auth --------------------------------------------------------------------------------------
+
+
+def test_publish_needs_a_write_role(stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]) -> None:
+    subject = f"{unique('auth')}.pub"
+    subscriber = subscribe(subject, unique("auth-watch"))
+    probes = establish(stub, subject, [subscriber])
+
+    code, details = rpc_error(lambda: publish(stub, subject, id=str(uuid.uuid4()), data="nope", auth=READER))
+    assert code == grpc.StatusCode.PERMISSION_DENIED, details
+
+    by_operator = str(uuid.uuid4())
+    publish(stub, subject, id=by_operator, data="ops", auth=OPERATOR)
+    subscriber.wait_for_ids([by_operator])
+    assert non_probe(subscriber.ids(), probes) == [by_operator]  # the refused one was not published
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, auth_metadata(ADMIN[0], "wrong-password"), auth_metadata("no-such-user", "whatever-1"),
+     [("authorization", "Bearer abc")]],
+    ids=["none", "wrong-password", "unknown-user", "other-scheme"],
+)
+def test_pubsub_needs_credentials(stub: pb_grpc.EventStoreStub, metadata: list[tuple[str, str]] | None) -> None:
+    subject = f"{unique('anon')}.x"
+    request = pb.PublishRequest(subject=subject, data="x")
+    code, details = rpc_error(lambda: stub.PublishToPubSub(request, metadata=metadata, timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED, details
+    code, details = rpc_error(lambda: _first_delivery(stub, subject, unique("anon"), metadata=metadata))
+    assert code == grpc.StatusCode.UNAUTHENTICATED, details
+
+
+def test_any_authenticated_user_may_subscribe(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('reader')}.x"
+    reader = subscribe(subject, unique("reader"), auth=READER)
+    probes = establish(stub, subject, [reader])
+    published = publish_many(stub, subject, 3)
+    reader.wait_for_ids(published)
+    assert sorted(non_probe(reader.ids(), probes)) == sorted(published)
+
