@@ -83,7 +83,7 @@ class BoundaryWriter:
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(request, future))
         self._wakeup.set()
-        if self._task is None:
+        if self._task is None or self._task.done():  # first use, or a bug ended the loop: go on
             self._task = asyncio.create_task(self._run(), name=f"writer {self._schema}")
         return await future
 
