@@ -34,11 +34,11 @@ class UserStore:
         self._db = db
         self.schema = schema
         self._table = sql.Identifier(schema, "users")
+        # The columns of a UserRecord, in its field order, for every read.
+        self._select = sql.SQL("SELECT id::text, name, username, password_hash, roles FROM {}").format(self._table)
 
     async def get(self, username: str) -> UserRecord | None:
-        query = sql.SQL(
-            "SELECT id::text, name, username, password_hash, roles FROM {} WHERE username = %s"
-        ).format(self._table)
+        query = self._select + sql.SQL(" WHERE username = %s")
         with translate_errors("reading a user"):
             async with self._db.pool.connection() as conn:
                 cur = conn.cursor(row_factory=class_row(UserRecord))
@@ -46,9 +46,7 @@ class UserStore:
                 return await cur.fetchone()
 
     async def list(self) -> list[UserRecord]:
-        query = sql.SQL(
-            "SELECT id::text, name, username, password_hash, roles FROM {} ORDER BY username"
-        ).format(self._table)
+        query = self._select + sql.SQL(" ORDER BY username")
         with translate_errors("listing users"):
             async with self._db.pool.connection() as conn:
                 cur = conn.cursor(row_factory=class_row(UserRecord))
