@@ -16,21 +16,33 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 from nats.aio.client import Client as NatsClient
 
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
+from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
 from orisun.messaging.pubsub import PubSub
 from orisun.service.events import EventStore
+from orisun.service.feed import LiveFeed
 from orisun.service.pubsub import PubSubService
+from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
 from orisun.storage.database import Database, describe
 from orisun.storage.embedded import EmbeddedPostgres
+from orisun.storage.locks import SessionLocks
 from orisun.storage.migrations import migrate
+from orisun.storage.notifications import listen
 from orisun.storage.users import UserStore, listen_for_user_changes
 from orisun.transport.server import GrpcServer
+
+# At most this many committed events are republished to a live feed that lost its store (the rest
+# is read from PostgreSQL by whoever needs it).
+MAX_FEED_BACKLOG = 10_000
+# PostgreSQL's channel for "a boundary's head moved" (sql/boundary/0008_notify_appended.sql).
+APPENDED_CHANNEL = "orisun_appended"
 
 
 class Orisun:
@@ -44,9 +56,13 @@ class Orisun:
         self.db: Database | None = None
         self.users: Users | None = None
         self.events: EventStore | None = None
+        self.locks: SessionLocks | None = None
+        self.feed: LiveFeed | None = None
+        self.subscriptions: Subscriptions | None = None
         self.grpc: GrpcServer | None = None
         self._run_dir: Path | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._appended_listener: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._stopped = False
 
@@ -118,18 +134,53 @@ class Orisun:
                 DEFAULT_ADMIN_PASSWORD,
             )
 
-        self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload)
+        # The live feed: the writer (this node's commits) and LISTEN (every node's) wake the
+        # publisher of the boundary and this node's subscribers.
+        self.locks = SessionLocks(conninfo, on_lost=self._locks_lost)
+        self.feed = LiveFeed(self.db, FeedPublisher(self.nats_client, retention=s.live_feed_retention,
+                                                    max_backlog=MAX_FEED_BACKLOG), self.locks)
+        self.subscriptions = Subscriptions(self.db, self.nats_client, self.locks)
+        self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload, on_commit=self._committed)
+        listening = asyncio.Event()
+        self._appended_listener = asyncio.create_task(
+            listen(conninfo, APPENDED_CHANNEL, self._appended, ready=listening), name="orisun-appended"
+        )
+        await asyncio.wait_for(listening.wait(), timeout=s.pg_startup_timeout)
+        self.feed.start()
+
         pubsub = PubSub(self.nats_client, retention=s.pubsub_retention, ack_wait=s.pubsub_ack_wait)
         await pubsub.setup()
         self.grpc = GrpcServer(
             self.users,
             self.events,
+            self.subscriptions,
             PubSubService(pubsub, max_payload=s.nats_max_payload),
             host=s.grpc_host,
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,
         )
         await self.grpc.start()
+
+    def _committed(self, schema: str, head: int | None) -> None:
+        assert self.feed is not None and self.subscriptions is not None
+        self.feed.committed(schema, head)
+        self.subscriptions.committed(schema, head)
+
+    def _appended(self, payload: dict[str, Any] | None) -> None:
+        """A notification on APPENDED_CHANNEL (None: the listener reconnected, anything may have moved)."""
+        if self.feed is None or self.subscriptions is None:
+            return
+        if payload is None:
+            for each in self.settings.boundaries.values():
+                self._committed(each, None)
+            return
+        schema, head = payload.get("schema"), payload.get("head")
+        if isinstance(schema, str) and isinstance(head, int):
+            self._committed(schema, head)
+
+    def _locks_lost(self) -> None:
+        if self.subscriptions is not None:
+            self.subscriptions.locks_lost()
 
     def fatal(self, reason: str) -> None:
         """A part failed for good: stop serving and exit non-zero."""
@@ -158,6 +209,16 @@ class Orisun:
             await self.grpc.stop(self.settings.shutdown_timeout)
         if self.events is not None:
             await self.events.close()
+        if self.subscriptions is not None:
+            await self.subscriptions.close()
+        if self.feed is not None:
+            await self.feed.close()  # after the writers: what they committed is published first
+        if self.locks is not None:
+            await self.locks.close()
+        if self._appended_listener is not None:
+            self._appended_listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._appended_listener
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

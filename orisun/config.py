@@ -76,6 +76,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_PUBSUB_RETENTION", "168h", "How long pub/sub messages are kept for consumers that are away."),
     Variable("ORISUN_PUBSUB_ACK_WAIT", "30s", "After this, a pub/sub message handed to a client that vanished is "
              "redelivered."),
+    Variable("ORISUN_LIVE_FEED_RETENTION", "1h", "How long the live feed keeps events in JetStream for live "
+             "subscribers; older events are read from PostgreSQL."),
     Variable("ORISUN_NATS_CLUSTER_ENABLED", "false", "Join a NATS cluster (clustered mode)."),
     Variable("ORISUN_NATS_CLUSTER_NAME", "orisun-nats-cluster", "Name of the NATS cluster."),
     Variable("ORISUN_NATS_CLUSTER_HOST", "localhost", "Host the NATS cluster listener binds to."),
@@ -119,6 +121,7 @@ class Settings:
     nats_password: str | None = None  # None = a random one per start
     pubsub_retention: float = 168 * 3600.0
     pubsub_ack_wait: float = 30.0
+    live_feed_retention: float = 3600.0
     nats_cluster_enabled: bool = False
     nats_cluster_name: str = "orisun-nats-cluster"
     nats_cluster_host: str = "localhost"
@@ -307,6 +310,7 @@ def load_settings() -> Settings:
         nats_password=nats_password,
         pubsub_retention=_seconds(env, "ORISUN_PUBSUB_RETENTION"),
         pubsub_ack_wait=_seconds(env, "ORISUN_PUBSUB_ACK_WAIT"),
+        live_feed_retention=_seconds(env, "ORISUN_LIVE_FEED_RETENTION"),
         nats_cluster_enabled=_read(env, "ORISUN_NATS_CLUSTER_ENABLED",
                                    lambda: env.bool("ORISUN_NATS_CLUSTER_ENABLED", False)),
         nats_cluster_name=_nonempty(env, "ORISUN_NATS_CLUSTER_NAME"),

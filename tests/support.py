@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -184,3 +185,60 @@ def running_server(admin_conninfo: str, prefix: str, **overrides: Any) -> Iterat
         finally:
             server.stop()
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class GrpcurlStream:
+    """The real grpcurl running a server-streaming call (plaintext, admin's Basic auth, the body on
+    stdin); its JSON output parsed as it arrives."""
+
+    def __init__(self, address: str, method: str, body: str) -> None:
+        command = [grpcurl_path(), "-plaintext", "-H", f"Authorization: {basic(*ADMIN)}", "-d", "@",
+                   address, method]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ},
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(body)
+        self.process.stdin.close()
+        self._lock = threading.Lock()
+        self._objects: list[Any] = []
+        self._thread = threading.Thread(target=self._read, name="grpcurl-stream", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        decoder = json.JSONDecoder()
+        buffer = ""
+        for line in self.process.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    obj, end = decoder.raw_decode(buffer.lstrip())
+                except json.JSONDecodeError:
+                    break  # incomplete: wait for more lines
+                buffer = buffer.lstrip()[end:]
+                with self._lock:
+                    self._objects.append(obj)
+
+    @property
+    def objects(self) -> list[Any]:
+        with self._lock:
+            return list(self._objects)
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            stderr = self.process.stderr.read() if self.process.stderr else ""
+            raise AssertionError(f"grpcurl exited with {self.process.returncode}: {stderr}")
+
+    def close(self) -> None:
+        self.process.terminate()  # only the grpcurl this test started
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._thread.join(timeout=10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()

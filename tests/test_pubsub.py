@@ -20,8 +20,6 @@ published before the ones awaited: once those have arrived, its absence is meani
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
@@ -37,7 +35,7 @@ from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.model import Role
 from orisun.storage.embedded import EmbeddedPostgres
 from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
-from tests.support import ADMIN, ServerThread, auth_metadata, basic, grpcurl, grpcurl_path, running_server, wait_for
+from tests.support import ADMIN, GrpcurlStream, ServerThread, auth_metadata, grpcurl, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -274,64 +272,15 @@ def test_brief_publish_example_is_delivered(
     assert message.metadata == '{"priority": "high", "notification_type": "shipping_update"}'
 
 
-class GrpcurlSubscription:
-    """The real grpcurl running SubscribeToPubSub; its JSON output parsed as it arrives."""
+class GrpcurlSubscription(GrpcurlStream):
+    """The real grpcurl running SubscribeToPubSub."""
 
     def __init__(self, address: str, body: str) -> None:
-        command = [grpcurl_path(), "-plaintext", "-H", f"Authorization: {basic(*ADMIN)}", "-d", "@",
-                   address, "eventstore.EventStore/SubscribeToPubSub"]
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ},
-        )
-        assert self.process.stdin is not None
-        self.process.stdin.write(body)
-        self.process.stdin.close()
-        self._lock = threading.Lock()
-        self._objects: list[Any] = []
+        super().__init__(address, "eventstore.EventStore/SubscribeToPubSub", body)
         self.consumer_name = "grpcurl"
-        self._thread = threading.Thread(target=self._read, name="grpcurl-subscribe", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        decoder = json.JSONDecoder()
-        buffer = ""
-        for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except json.JSONDecodeError:
-                    break  # incomplete: wait for more lines
-                buffer = buffer.lstrip()[end:]
-                with self._lock:
-                    self._objects.append(obj)
-
-    @property
-    def objects(self) -> list[Any]:
-        with self._lock:
-            return list(self._objects)
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            stderr = self.process.stderr.read() if self.process.stderr else ""
-            raise AssertionError(f"grpcurl exited with {self.process.returncode}: {stderr}")
 
     def ids(self) -> set[str]:
         return {o["message"]["id"] for o in self.objects}
-
-    def close(self) -> None:
-        self.process.terminate()  # only the grpcurl this test started
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._thread.join(timeout=10)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def test_brief_subscribe_example_through_grpcurl(pubsub_server: ServerThread, stub: pb_grpc.EventStoreStub) -> None:

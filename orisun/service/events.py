@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 
 from orisun.errors import PermissionDenied
 from orisun.model import Event, ReadRequest, SaveRequest, User, WriteResult
@@ -14,15 +15,18 @@ from orisun.storage.writer import BoundaryWriter
 
 
 class EventStore:
-    def __init__(self, db: Database, *, max_event_bytes: int) -> None:
+    def __init__(
+        self, db: Database, *, max_event_bytes: int, on_commit: Callable[[str, int], None] | None = None
+    ) -> None:
         self._db = db
         self._max_event_bytes = max_event_bytes
+        self._on_commit = on_commit  # (schema, last position): see BoundaryWriter
         self._writers: dict[str, BoundaryWriter] = {}
 
     def _writer(self, schema: str) -> BoundaryWriter:
         writer = self._writers.get(schema)
         if writer is None:
-            writer = self._writers[schema] = BoundaryWriter(self._db, schema)
+            writer = self._writers[schema] = BoundaryWriter(self._db, schema, on_commit=self._on_commit)
         return writer
 
     async def save(self, user: User, request: SaveRequest) -> WriteResult:

@@ -149,3 +149,47 @@ async def read_events(db: Database, schema: str, request: ReadRequest) -> list[E
         async with db.pool.connection() as conn:
             cursor = await conn.execute(statement)
             return [_event(row) for row in await cursor.fetchall()]
+
+
+# --- Subscriptions and the live feed -------------------------------------------------------------
+
+
+def build_range(schema: str, after: Position, upto: int, query: Query | None, limit: int) -> sql.Composed:
+    """Events after the cursor ``after`` up to position ``upto``, matching ``query``, in order."""
+    events_table = sql.Identifier(schema, "events")
+    tags_table = sql.Identifier(schema, "event_tags")
+    conditions: list[sql.Composable] = [
+        sql.SQL("e.position > {} AND e.position <= {}").format(after.prepare, upto),
+        # The contract's lexicographic cursor; for real cursors the line above already implies it.
+        sql.SQL("(e.commit_position, e.position) > ({}, {})").format(after.commit, after.prepare),
+    ]
+    query = narrowing(query)
+    if query is not None:
+        bound = sql.SQL("AND t0.position > {} AND t0.position <= {}").format(after.prepare, upto)
+        branches = [_positions(c, tags_table, bound, sql.SQL("ASC"), limit) for c in query.criteria]
+        conditions.append(sql.SQL("e.position IN ({})").format(sql.SQL(" UNION ").join(branches)))
+    return sql.SQL("SELECT {cols} FROM {events} e WHERE {where} ORDER BY e.position LIMIT {limit}").format(
+        cols=_COLUMNS, events=events_table, where=sql.SQL(" AND ").join(conditions), limit=sql.Literal(limit)
+    )
+
+
+async def read_range(
+    db: Database, schema: str, after: Position, upto: int, query: Query | None = None, limit: int = 1000
+) -> list[Event]:
+    """At most ``limit`` events in (after, upto] matching ``query``; see build_range."""
+    with translate_errors(f"reading boundary schema {schema}"):
+        async with db.pool.connection() as conn:
+            cursor = await conn.execute(build_range(schema, after, upto, query, limit))
+            return [_event(row) for row in await cursor.fetchall()]
+
+
+async def read_head(db: Database, schema: str) -> int:
+    """The boundary's last committed position (0 when empty)."""
+    with translate_errors(f"reading the head of boundary schema {schema}"):
+        async with db.pool.connection() as conn:
+            cursor = await conn.execute(sql.SQL("SELECT position FROM {}").format(sql.Identifier(schema, "head")))
+            row = await cursor.fetchone()
+    assert row is not None, "the head table has exactly one row"
+    position = row[0]
+    assert isinstance(position, int)
+    return position

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import psycopg
-from loguru import logger
 from psycopg import sql
 from psycopg.rows import class_row
 
 from orisun.storage._errors import translate_errors
 from orisun.storage.database import Database
+from orisun.storage.notifications import listen
 
 USERS_CHANGED_CHANNEL = "orisun_users_changed"
 
@@ -86,28 +85,14 @@ async def listen_for_user_changes(
 ) -> None:
     """Call ``changed(username)`` for every update or delete of a user in ``schema``, forever.
 
-    Runs on a dedicated connection (LISTEN needs one). Whenever that connection is (re)made,
-    ``changed(None)`` is called first: a change may have been missed while it was down, so every
-    cached credential must go. Cancel the task to stop.
+    ``changed(None)`` means every cached credential must go: the listening connection was
+    (re)made, and a change may have been missed while it was down. Cancel the task to stop.
     """
-    delay = 0.2
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(USERS_CHANGED_CHANNEL)))
-                changed(None)
-                if ready is not None:
-                    ready.set()
-                delay = 0.2
-                async for notify in conn.notifies():
-                    try:
-                        payload = json.loads(notify.payload)
-                    except ValueError:
-                        changed(None)
-                        continue
-                    if payload.get("schema") == schema:
-                        changed(str(payload.get("username")))
-        except psycopg.OperationalError as exc:
-            logger.warning("Lost the user-change listener connection ({}); reconnecting", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+    def on_payload(payload: dict[str, Any] | None) -> None:
+        if payload is None:
+            changed(None)
+        elif payload.get("schema") == schema:
+            changed(str(payload.get("username")))
+
+    await listen(conninfo, USERS_CHANGED_CHANNEL, on_payload, ready=ready)

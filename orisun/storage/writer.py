@@ -16,7 +16,7 @@ import collections
 import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
@@ -59,9 +59,12 @@ class _Pending:
 class BoundaryWriter:
     """Appends to one boundary's schema; call ``append`` from any number of tasks."""
 
-    def __init__(self, db: Database, schema: str) -> None:
+    def __init__(self, db: Database, schema: str, *, on_commit: Callable[[str, int], None] | None = None) -> None:
         self._db = db
         self._schema = schema
+        # Told (schema, last position) right after each commit that stored events: the live feed
+        # publishes them at once instead of waiting for a poll.
+        self._on_commit = on_commit
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -153,8 +156,14 @@ class BoundaryWriter:
             for pending in group:
                 await self._commit_group([pending])
             return
+        head = 0
         for pending, row in zip(group, rows, strict=True):
-            _settle(pending, _outcome(pending.request, row))
+            outcome = _outcome(pending.request, row)
+            if isinstance(outcome, WriteResult) and row[1] == "ok":
+                head = max(head, outcome.position.commit)
+            _settle(pending, outcome)
+        if head and self._on_commit is not None:
+            self._on_commit(self._schema, head)
 
     async def _execute(self, requests: Sequence[SaveRequest]) -> list[tuple[object, ...]]:
         streams, expected, subsets, counts = [], [], [], []

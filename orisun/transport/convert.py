@@ -78,6 +78,18 @@ def read_request_from_proto(message: pb.GetEventsRequest) -> ReadRequest:
     )
 
 
+def subscription_from_proto(
+    message: pb.CatchUpSubscribeToEventStoreRequest,
+) -> tuple[str, Position | None, Query | None, str]:
+    """(boundary, cursor, query, subscriber_name) of a SubscribeToEvents request."""
+    return (
+        message.boundary,
+        _position(message.position) if message.HasField("position") else None,
+        query_from_proto(message.query) if message.HasField("query") else None,
+        message.subscriber_name,
+    )
+
+
 def write_result_to_proto(result: WriteResult) -> pb.WriteResult:
     return pb.WriteResult(
         log_position=pb.Position(commit_position=result.position.commit, prepare_position=result.position.prepare),

@@ -12,6 +12,7 @@ from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import StartupError
 from orisun.service.events import EventStore
 from orisun.service.pubsub import PubSubService
+from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
 from orisun.transport.auth import AuthInterceptor, Gate
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
@@ -19,7 +20,15 @@ from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
 class GrpcServer:
     def __init__(
-        self, users: Users, events: EventStore, pubsub: PubSubService, *, host: str, port: int, max_message_size: int
+        self,
+        users: Users,
+        events: EventStore,
+        subscriptions: Subscriptions,
+        pubsub: PubSubService,
+        *,
+        host: str,
+        port: int,
+        max_message_size: int,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -35,7 +44,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(events, pubsub), self.server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(events, subscriptions, pubsub), self.server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -10,10 +10,10 @@ from google.protobuf import empty_pb2
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.errors import Unimplemented
 from orisun.messaging.pubsub import PubSubMessage
 from orisun.service.events import EventStore
 from orisun.service.pubsub import PubSubService
+from orisun.service.subscriptions import Subscriptions
 from orisun.transport import convert
 from orisun.transport.auth import current_user
 from orisun.transport.status import translate_errors
@@ -21,13 +21,10 @@ from orisun.transport.status import translate_errors
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStore"].full_name
 
 
-def _not_yet(rpc: str) -> Unimplemented:
-    return Unimplemented(f"{rpc} is not implemented by this server yet")
-
-
 class EventStoreServicer(pb_grpc.EventStoreServicer):
-    def __init__(self, events: EventStore, pubsub: PubSubService) -> None:
+    def __init__(self, events: EventStore, subscriptions: Subscriptions, pubsub: PubSubService) -> None:
         self._events = events
+        self._subscriptions = subscriptions
         self._pubsub = pubsub
 
     @translate_errors
@@ -46,8 +43,12 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     async def SubscribeToEvents(
         self, request: pb.CatchUpSubscribeToEventStoreRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Event]:
-        raise _not_yet("SubscribeToEvents")
-        yield  # an async generator, like every server-streaming handler
+        boundary, after, query, name = convert.subscription_from_proto(request)
+        events = self._subscriptions.subscribe(current_user.get(), boundary, after, query, name)
+        # aclosing: a client that goes away must free its subscriber_name now, not at GC.
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield convert.event_to_proto(event)
 
     @translate_errors
     async def CatchUpSubscribeToEvents(

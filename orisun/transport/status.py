@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import uuid
@@ -57,8 +58,11 @@ def translate_errors(method: F) -> F:
         @functools.wraps(method)
         async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                async for item in method(self, request, context):
-                    yield item
+                # aclosing: when the client goes, the handler's own clean-up (a subscriber_name,
+                # a pull subscription) runs now rather than whenever the generator is collected.
+                async with contextlib.aclosing(method(self, request, context)) as items:
+                    async for item in items:
+                        yield item
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:

@@ -1,0 +1,264 @@
+"""The live feed on JetStream: each boundary's committed events, one message per event.
+
+Every boundary has its own file-backed stream, ``ORISUN_EVENTS_<boundary>`` on subject
+``orisun.events.<boundary>``, whose **stream sequence is the event's position**. Each publish
+carries ``Nats-Expected-Last-Sequence: position - 1``, so JetStream itself refuses an event out of
+order, a duplicate, or one from a second publisher that fell behind: whatever happens, the stream
+holds positions in order, each once. Its last sequence is therefore the durable checkpoint of what
+was published, kept atomically with the publish itself.
+
+An event too large for one NATS message (possible only if ``ORISUN_NATS_MAX_PAYLOAD`` was lowered
+after it was stored) is published as an empty *marker*; readers fetch it from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import nats.errors
+import nats.js.errors
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from orisun.errors import Unavailable
+from orisun.model import Event, Position, Tag
+
+STREAM_PREFIX = "ORISUN_EVENTS_"
+SUBJECT_PREFIX = "orisun.events."
+MARKER_HEADER = "Orisun-Marker"  # set on the stand-in for an event too large to carry
+_WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Sequence
+_ACK_TIMEOUT = 10.0
+# Room kept in a NATS message for the headers (Nats-Expected-Last-Sequence and framing).
+_HEADER_ROOM = 256
+
+
+def stream_name(boundary: str) -> str:
+    return STREAM_PREFIX + boundary
+
+
+def subject(boundary: str) -> str:
+    return SUBJECT_PREFIX + boundary
+
+
+# --- Codec ---------------------------------------------------------------------------------------
+# Length-prefixed UTF-8, not JSON: data and metadata are JSON text already, and escaping them again
+# could double their size past NATS's max_payload.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIXED = struct.Struct("!qqiqH")  # position, commit position, version, created (µs), tag count
+_LONG = struct.Struct("!I")
+_SHORT = struct.Struct("!H")
+
+
+def encode(event: Event) -> bytes:
+    created = (event.created_at - _EPOCH) // timedelta(microseconds=1)
+    parts = [_FIXED.pack(event.position.prepare, event.position.commit, event.version, created, len(event.tags))]
+    for text in (event.event_id, event.event_type, event.stream, event.data, event.metadata):
+        raw = text.encode()
+        parts += (_LONG.pack(len(raw)), raw)
+    for tag in event.tags:  # keys and values are at most a few hundred bytes (validation)
+        for text in (tag.key, tag.value):
+            raw = text.encode()
+            parts += (_SHORT.pack(len(raw)), raw)
+    return b"".join(parts)
+
+
+def decode(payload: bytes) -> Event:
+    prepare, commit, version, created, tag_count = _FIXED.unpack_from(payload)
+    offset = _FIXED.size
+    texts = []
+    for _ in range(5):
+        (size,) = _LONG.unpack_from(payload, offset)
+        offset += _LONG.size
+        texts.append(payload[offset:offset + size].decode())
+        offset += size
+    tag_texts = []
+    for _ in range(2 * tag_count):
+        (size,) = _SHORT.unpack_from(payload, offset)
+        offset += _SHORT.size
+        tag_texts.append(payload[offset:offset + size].decode())
+        offset += size
+    event_id, event_type, stream, data, metadata = texts
+    return Event(
+        event_id=event_id,
+        event_type=event_type,
+        data=data,
+        metadata=metadata,
+        tags=tuple(Tag(k, v) for k, v in zip(tag_texts[::2], tag_texts[1::2], strict=True)),
+        position=Position(commit, prepare),
+        created_at=_EPOCH + timedelta(microseconds=created),
+        stream=stream,
+        version=version,
+    )
+
+
+# --- Publishing ----------------------------------------------------------------------------------
+
+
+class FeedOutOfStep(Exception):
+    """The stream's last sequence is not the position before the batch: re-read the checkpoint."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+
+
+class FeedPublisher:
+    """Publishes events to the boundaries' feed streams in order, pipelined.
+
+    nats-py's ``publish_async`` leaves its future pending when JetStream answers with an error,
+    so acknowledgements are collected here, on one inbox subscription, by position.
+    """
+
+    def __init__(self, client: Client, *, retention: float, max_backlog: int) -> None:
+        self._client = client
+        self._js = client.jetstream()
+        self._retention = retention
+        self._max_backlog = max_backlog
+        self._inbox: str | None = None
+        self._acks: dict[str, asyncio.Future[dict[str, object]]] = {}
+        self._next_token = 0
+
+    async def checkpoint(self, boundary: str, head: int) -> int:
+        """Make sure the boundary's stream exists; return the last position it holds.
+
+        A stream that is missing or far behind ``head`` (a new or wiped NATS store) starts or is
+        moved forward to hold at most ``max_backlog`` events before ``head``: readers take older
+        events from PostgreSQL anyway. A stream ahead of ``head`` (the database was restored to an
+        earlier state) is recreated, since its positions no longer name the same events.
+        """
+        name = stream_name(boundary)
+        floor = max(0, head - self._max_backlog)
+        try:
+            try:
+                info = await self._js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                await self._js.add_stream(self._config(boundary, first=floor + 1))
+                return floor
+            last = info.state.last_seq
+            if last > head:
+                logger.warning("The live feed of boundary {!r} is at position {}, ahead of the database's {}; "
+                               "recreating it", boundary, last, head)
+                await self._js.delete_stream(name)
+                await self._js.add_stream(self._config(boundary, first=floor + 1))
+                return floor
+            if info.config.max_age != self._retention:
+                await self._js.update_stream(self._config(boundary, first=None))
+            if last < floor:
+                logger.info("The live feed of boundary {!r} is {} events behind; moving it to position {}",
+                            boundary, head - last, floor)
+                await self._js.purge_stream(name, seq=floor + 1)
+                return floor
+            return last
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"NATS is unavailable ({exc})") from exc
+
+    def _config(self, boundary: str, *, first: int | None) -> StreamConfig:
+        return StreamConfig(name=stream_name(boundary), subjects=[subject(boundary)], storage=StorageType.FILE,
+                            max_age=self._retention, first_seq=first if first and first > 1 else None)
+
+    async def publish(self, boundary: str, events: Sequence[Event]) -> None:
+        """Publish consecutive events; the stream must end just before the first of them.
+
+        Raises FeedOutOfStep when it does not (another publisher got there first, or the
+        checkpoint is stale) and Unavailable when NATS does not answer.
+        """
+        if not events:
+            return
+        inbox = await self._ensure_inbox()
+        limit = self._client.max_payload - _HEADER_ROOM
+        futures = []
+        try:
+            for event in events:
+                position = event.position.prepare
+                headers = {"Nats-Expected-Last-Sequence": str(position - 1)}
+                payload = encode(event)
+                if len(payload) > limit:
+                    payload = b""
+                    headers[MARKER_HEADER] = "too-large"
+                self._next_token += 1
+                token = f"{inbox}.{self._next_token}"
+                future = asyncio.get_running_loop().create_future()
+                self._acks[token] = future
+                futures.append((token, future))
+                await self._client.publish(subject(boundary), payload, reply=token, headers=headers)
+            _, pending = await asyncio.wait([f for _, f in futures], timeout=_ACK_TIMEOUT)
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"NATS is unavailable ({exc})") from exc
+        finally:
+            for token, _ in futures:
+                self._acks.pop(token, None)
+        if pending:
+            raise Unavailable(f"NATS did not acknowledge {len(pending)} live-feed messages within {_ACK_TIMEOUT:g}s")
+        for _, future in futures:
+            error = future.result().get("error")
+            if isinstance(error, dict):
+                if error.get("err_code") == _WRONG_LAST_SEQUENCE:
+                    raise FeedOutOfStep(str(error.get("description")))
+                raise Unavailable(f"JetStream refused a live-feed message: {error.get('description')}")
+
+    async def _ensure_inbox(self) -> str:
+        if self._inbox is None:
+            inbox = self._client.new_inbox()
+            await self._client.subscribe(inbox + ".*", cb=self._on_ack)
+            self._inbox = inbox
+        return self._inbox
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._acks.get(msg.subject)
+        if future is None or future.done():
+            return
+        try:
+            answer = json.loads(msg.data)
+        except ValueError:
+            answer = {"error": {"description": f"unreadable acknowledgement {msg.data[:100]!r}"}}
+        future.set_result(answer if isinstance(answer, dict) else {"error": {"description": repr(answer)}})
+
+
+# --- Following -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """One message of a feed: the event, or None for a marker (read it from PostgreSQL)."""
+
+    position: int
+    event: Event | None
+
+
+async def follow(client: Client, boundary: str, after: int, *, heartbeat: float = 1.0) -> AsyncIterator[FeedItem]:
+    """The feed's messages from position ``after + 1`` on, as JetStream stores them.
+
+    An ordered consumer: flow-controlled, and re-created by nats-py from the last message seen
+    when it notices a gap or a lost heartbeat. Raises Unavailable when NATS is gone; the caller
+    starts again from the last position it has.
+    """
+    js = client.jetstream()
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
+                            ack_policy=AckPolicy.NONE, idle_heartbeat=heartbeat)
+    try:
+        subscription = await js.subscribe(subject(boundary), stream=stream_name(boundary), ordered_consumer=True,
+                                          config=config, pending_bytes_limit=64 * 1024 * 1024)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise Unavailable(f"NATS is unavailable ({exc})") from exc
+    try:
+        while True:
+            try:
+                msg = await subscription.next_msg(timeout=None)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise Unavailable(f"the live feed of {boundary!r} stopped ({exc})") from exc
+            position = msg.metadata.sequence.stream
+            if msg.headers and MARKER_HEADER in msg.headers:
+                yield FeedItem(position, None)
+            else:
+                yield FeedItem(position, decode(msg.data))
+    finally:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()

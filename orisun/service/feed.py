@@ -1,0 +1,144 @@
+"""The live feed's publishing side: committed events of each boundary go to JetStream, in order.
+
+One node at a time publishes a boundary: the one holding the cluster-wide lock
+``orisun.feed.<schema>`` (a PostgreSQL session lock, freed when that node dies). The publisher
+reads what was committed after its checkpoint (the feed stream's last sequence, which is the last
+published position) and publishes it. It does so
+
+- at once when this node's writer commits (``committed``),
+- when PostgreSQL reports a commit by another node (``committed`` again, from LISTEN),
+- when it gains ownership (recovery after a crash between commit and publish), and
+- every ``interval`` seconds as a safety net.
+
+Reading back from PostgreSQL rather than handing over the writer's in-memory events costs one
+indexed read per group but means the feed carries exactly what was stored, positions and
+timestamps included, through one code path for the live case and for recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from loguru import logger
+
+from orisun.errors import Unavailable
+from orisun.messaging.feed import FeedOutOfStep, FeedPublisher
+from orisun.model import Position
+from orisun.storage.database import Database
+from orisun.storage.events import read_head, read_range
+from orisun.storage.locks import SessionLocks
+
+_BATCH = 1000  # events read and published per round
+_NEWEST = 2**62  # "up to whatever is committed"
+
+
+def feed_lock(schema: str) -> str:
+    return "orisun.feed." + schema
+
+
+class LiveFeed:
+    """Publishes the boundaries this node owns. ``committed`` wakes the right publisher."""
+
+    def __init__(
+        self,
+        db: Database,
+        publisher: FeedPublisher,
+        locks: SessionLocks,
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self._db = db
+        self._publisher = publisher
+        self._locks = locks
+        self._interval = interval
+        self._boundaries: Mapping[str, str] = dict(db.boundaries)  # boundary -> schema
+        self._wakeups = {schema: asyncio.Event() for schema in self._boundaries.values()}
+        self._owned: dict[str, int] = {}  # boundary -> lock generation it was taken in
+        self._published: dict[str, int] = {}  # boundary -> last position published (while owned)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def owns(self, boundary: str) -> bool:
+        return self._owned.get(boundary) == self._locks.generation
+
+    def published(self, boundary: str) -> int | None:
+        """The last position this node published for ``boundary``, if it owns it."""
+        return self._published.get(boundary) if self.owns(boundary) else None
+
+    def committed(self, schema: str, head: int | None = None) -> None:
+        """Events up to ``head`` were committed in ``schema`` (None: maybe, check)."""
+        wakeup = self._wakeups.get(schema)
+        if wakeup is not None:
+            wakeup.set()
+
+    def start(self) -> None:
+        for boundary, schema in self._boundaries.items():
+            self._tasks.append(asyncio.create_task(self._run(boundary, schema), name=f"live feed {boundary}"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for boundary, schema in self._boundaries.items():
+            generation = self._owned.pop(boundary, None)
+            if generation is not None:
+                await self._locks.unlock(feed_lock(schema), generation)
+
+    async def _run(self, boundary: str, schema: str) -> None:
+        wakeup = self._wakeups[schema]
+        while True:
+            try:
+                if not self.owns(boundary):
+                    self._published.pop(boundary, None)
+                    if await self._locks.try_lock(feed_lock(schema)):
+                        self._owned[boundary] = self._locks.generation
+                        logger.info("This node now publishes the live feed of boundary {!r}", boundary)
+                    else:
+                        await _wait(wakeup, self._interval)
+                        continue
+                await self._publish(boundary, schema, wakeup)
+            except asyncio.CancelledError:
+                raise
+            except Unavailable as exc:
+                logger.warning("Live feed of boundary {!r} paused: {}", boundary, exc)
+                await asyncio.sleep(self._interval)
+            except Exception:
+                logger.exception("Live feed of boundary {!r} failed; starting over", boundary)
+                self._published.pop(boundary, None)
+                await asyncio.sleep(self._interval)
+
+    async def _publish(self, boundary: str, schema: str, wakeup: asyncio.Event) -> None:
+        """Publish until ownership is lost; returns then. Raises Unavailable."""
+        published = self._published.get(boundary)
+        if published is None:
+            published = await self._publisher.checkpoint(boundary, await read_head(self._db, schema))
+            self._published[boundary] = published
+        while self.owns(boundary):
+            wakeup.clear()
+            events = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
+            if events:
+                try:
+                    await self._publisher.publish(boundary, events)
+                except FeedOutOfStep as exc:
+                    # Another node published meanwhile (it held the lock before us), or the
+                    # stream was reset: the stream itself says where publishing goes on.
+                    logger.info("Live feed of boundary {!r} out of step ({}); re-reading its checkpoint", boundary, exc)
+                    self._published.pop(boundary, None)
+                    return
+                published = self._published[boundary] = events[-1].position.prepare
+                continue
+            await _wait(wakeup, self._interval)
+            if not await self._locks.check():
+                return
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+    # arrives as the wait ends, and a swallowed cancel leaves this loop running after close().
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()

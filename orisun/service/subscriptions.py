@@ -1,0 +1,306 @@
+"""Catch-up subscriptions (contract section 5): history from PostgreSQL, then the live feed.
+
+Every subscription keeps a cursor, the last position it has *examined* (matching or not), and
+only ever moves it forward by consecutive positions, so it can neither skip nor repeat an event:
+
+1. **Catch-up**: read matching events in (cursor, tail.newest] from PostgreSQL, a page at a time;
+   the cursor ends at ``tail.newest`` even when the last events did not match.
+2. **Live**: take the events after the cursor from the boundary's ``Tail``. A subscriber too slow
+   for the tail's window goes back to step 1 (this is the back-pressure: a slow client costs a
+   page of memory, never an unbounded queue).
+
+The ``Tail`` is this node's window of the most recent events of a boundary, consecutive and in
+order. It follows the JetStream feed; a hole in what arrives (the feed was moved forward, an
+event too large for NATS) is read from PostgreSQL, and so is anything committed that the feed
+has not delivered within ``stall`` seconds (feed down, publisher dead), so subscribers keep
+getting every event even while NATS is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+
+from loguru import logger
+from nats.aio.client import Client
+
+from orisun.errors import AlreadyExists, InvalidArgument, Unavailable
+from orisun.messaging.feed import follow
+from orisun.model import EVENT_TYPE_TAG_ALIASES, Event, Position, Query, User, narrowing
+from orisun.service import validation
+from orisun.storage.database import Database
+from orisun.storage.events import read_head, read_range
+from orisun.storage.locks import SessionLocks
+
+SUBSCRIBER_NAME = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+PAGE = 500  # events read from PostgreSQL per catch-up round
+LIVE_BATCH = 256  # events taken from the tail at once
+TAIL_EVENTS = 10_000
+TAIL_BYTES = 64 * 1024 * 1024
+
+
+def matches(query: Query | None, event: Event) -> bool:
+    """The Python twin of the SQL tag match (storage/events.py): criteria OR'd, tags AND'd, the
+    event_type pseudo-tag matching the type, stored event_type/eventType tags never matching."""
+    query = narrowing(query)
+    if query is None:
+        return True
+    tags = set(event.tags)
+    return any(
+        all(
+            (tag.value == event.event_type) if tag.key in EVENT_TYPE_TAG_ALIASES else (tag in tags)
+            for tag in criterion.tags
+        )
+        for criterion in query.criteria
+    )
+
+
+class FellBehind(Exception):
+    """The tail no longer holds the position after the cursor."""
+
+
+class Tail:
+    """The most recent events of one boundary, consecutive, as this node's subscribers read them."""
+
+    def __init__(self, db: Database, client: Client, boundary: str, schema: str, *, stall: float) -> None:
+        self._db = db
+        self._client = client
+        self.boundary = boundary
+        self._schema = schema
+        self._stall = stall
+        self._events: dict[int, Event] = {}
+        self._bytes = 0
+        self.oldest = 0  # the position before the first event held
+        self.newest = 0  # the last position known and held
+        self.known_head = 0  # the last position known to be committed
+        self._advanced = asyncio.Event()
+        self._lock = asyncio.Lock()  # one advance at a time: from the feed or from PostgreSQL
+        self._progress = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.oldest = self.newest = self.known_head = await read_head(self._db, self._schema)
+        self._tasks = [
+            asyncio.create_task(self._follow(), name=f"tail feed {self.boundary}"),
+            asyncio.create_task(self._watch(), name=f"tail watch {self.boundary}"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def committed(self, head: int | None) -> None:
+        if head is not None and head > self.known_head:
+            self.known_head = head
+
+    def after(self, cursor: int) -> list[Event]:
+        """Up to LIVE_BATCH events after ``cursor``; FellBehind if they are no longer held."""
+        if cursor < self.oldest:
+            raise FellBehind
+        last = min(self.newest, cursor + LIVE_BATCH)
+        return [self._events[p] for p in range(cursor + 1, last + 1)]
+
+    async def wait_beyond(self, cursor: int, *others: asyncio.Event) -> None:
+        """Return once the tail holds a position after ``cursor`` (or one of ``others`` is set)."""
+        while self.newest <= cursor and not any(e.is_set() for e in others):
+            waiters = [asyncio.ensure_future(self._advanced.wait())]
+            waiters += [asyncio.ensure_future(e.wait()) for e in others]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    # --- advancing -------------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for item in follow(self._client, self.boundary, self.newest):
+                    if item.position <= self.newest:
+                        continue  # already read from PostgreSQL
+                    async with self._lock:
+                        if item.position > self.newest + 1 or item.event is None:
+                            await self._fill(item.position if item.event is None else item.position - 1)
+                        if item.event is not None and item.position == self.newest + 1:
+                            self._append([item.event])
+            except asyncio.CancelledError:
+                raise
+            except Unavailable as exc:
+                logger.debug("Tail of boundary {!r}: {}; following again", self.boundary, exc)
+            except Exception:
+                logger.exception("Tail of boundary {!r} failed; following again", self.boundary)
+            await asyncio.sleep(1.0)
+
+    async def _watch(self) -> None:
+        """Read from PostgreSQL what is committed but has not come through the feed in time."""
+        while True:
+            await asyncio.sleep(self._stall / 2)
+            if self.known_head > self.newest and time.monotonic() - self._progress > self._stall:
+                try:
+                    async with self._lock:
+                        await self._fill(self.known_head)
+                except Unavailable as exc:
+                    logger.debug("Tail of boundary {!r} cannot read PostgreSQL: {}", self.boundary, exc)
+                except Exception:
+                    logger.exception("Tail of boundary {!r} failed to read PostgreSQL", self.boundary)
+
+    async def _fill(self, upto: int) -> None:
+        while self.newest < upto:
+            events = await read_range(self._db, self._schema, Position(0, self.newest), upto, None, PAGE)
+            if not events:
+                return
+            self._append(events)
+
+    def _append(self, events: list[Event]) -> None:
+        for event in events:
+            position = event.position.prepare
+            assert position == self.newest + 1, f"tail of {self.boundary}: {position} after {self.newest}"
+            self._events[position] = event
+            self._bytes += _size(event)
+            self.newest = position
+        self.known_head = max(self.known_head, self.newest)
+        while len(self._events) > TAIL_EVENTS or (self._bytes > TAIL_BYTES and len(self._events) > 1):
+            self.oldest += 1
+            self._bytes -= _size(self._events.pop(self.oldest))
+        self._progress = time.monotonic()
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+
+def _size(event: Event) -> int:
+    return len(event.data) + len(event.metadata) + 200
+
+
+@dataclass
+class _Claim:
+    generation: int
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Subscriptions:
+    """Serves SubscribeToEvents for every boundary of this node."""
+
+    def __init__(self, db: Database, client: Client, locks: SessionLocks, *, stall: float = 0.5) -> None:
+        self._db = db
+        self._client = client
+        self._locks = locks
+        self._stall = stall
+        self._tails: dict[str, Tail] = {}
+        self._starting: dict[str, asyncio.Task[Tail]] = {}
+        self._claims: dict[tuple[str, str], _Claim] = {}
+        self._schemas: Mapping[str, str] = {schema: boundary for boundary, schema in db.boundaries.items()}
+
+    def committed(self, schema: str, head: int | None) -> None:
+        boundary = self._schemas.get(schema)
+        tail = self._tails.get(boundary) if boundary is not None else None
+        if tail is not None:
+            tail.committed(head)
+
+    def locks_lost(self) -> None:
+        """The lock connection went: no subscriber_name is exclusive any more; end those subscriptions."""
+        for claim in self._claims.values():
+            claim.lost.set()
+
+    def active(self) -> list[tuple[str, str]]:
+        """(boundary, subscriber_name) of the named subscriptions this node serves."""
+        return [(self._schemas[schema], name) for schema, name in self._claims]
+
+    async def close(self) -> None:
+        for task in self._starting.values():
+            task.cancel()
+        await asyncio.gather(*(tail.close() for tail in self._tails.values()))
+
+    async def subscribe(
+        self, user: User, boundary: str, after: Position | None, query: Query | None, name: str
+    ) -> AsyncGenerator[Event, None]:
+        """Every event of ``boundary`` after ``after`` matching ``query``, in order, once each."""
+        validation.check_boundary(boundary)
+        schema = self._db.schema(boundary)
+        validation.check_query("query", query)
+        if name and not SUBSCRIBER_NAME.fullmatch(name):
+            raise InvalidArgument(f"subscriber_name: {name!r} must be 1-128 printable ASCII characters without spaces")
+        after = after or Position(0, 0)
+        query = narrowing(query)
+        claim = await self._claim(schema, boundary, name) if name else None
+        try:
+            tail = await self._tail(boundary, schema)
+            lost = [claim.lost] if claim else []
+            cursor = after.prepare
+            while True:
+                # 1. Catch-up from PostgreSQL, up to what the tail holds.
+                upto = tail.newest
+                while cursor < upto:
+                    page = await read_range(self._db, schema, Position(after.commit, cursor), upto, query, PAGE)
+                    for event in page:
+                        yield event
+                    cursor = page[-1].position.prepare if len(page) == PAGE else upto
+                # 2. Live from the tail, until this subscriber falls behind it.
+                try:
+                    while True:
+                        if claim is not None and claim.lost.is_set():
+                            raise Unavailable(f"subscriber_name {name!r}: this node lost its lock on the name "
+                                              "(PostgreSQL connection); subscribe again")
+                        events = tail.after(cursor)
+                        if not events:
+                            await tail.wait_beyond(cursor, *lost)
+                            continue
+                        for event in events:
+                            if (event.position > after) and (query is None or matches(query, event)):
+                                yield event
+                            cursor = event.position.prepare
+                except FellBehind:
+                    continue
+        finally:
+            if claim is not None:
+                await self._release(schema, name, claim)
+
+    async def _claim(self, schema: str, boundary: str, name: str) -> _Claim:
+        key = (schema, name)
+        taken = AlreadyExists(f"subscriber_name {name!r} is already subscribed to boundary {boundary!r}")
+        if key in self._claims:
+            raise taken
+        claim = self._claims[key] = _Claim(self._locks.generation)  # reserved while we ask PostgreSQL
+        try:
+            if not await self._locks.try_lock(_subscriber_lock(schema, name)):
+                raise taken
+        except BaseException:
+            del self._claims[key]
+            raise
+        claim.generation = self._locks.generation
+        return claim
+
+    async def _release(self, schema: str, name: str, claim: _Claim) -> None:
+        if self._claims.get((schema, name)) is claim:
+            del self._claims[(schema, name)]
+        await self._locks.unlock(_subscriber_lock(schema, name), claim.generation)
+
+    async def _tail(self, boundary: str, schema: str) -> Tail:
+        tail = self._tails.get(boundary)
+        if tail is not None:
+            return tail
+        starting = self._starting.get(boundary)
+        if starting is None:
+            starting = self._starting[boundary] = asyncio.create_task(self._start_tail(boundary, schema))
+        try:
+            return await asyncio.shield(starting)
+        finally:
+            if starting.done():
+                self._starting.pop(boundary, None)
+
+    async def _start_tail(self, boundary: str, schema: str) -> Tail:
+        tail = Tail(self._db, self._client, boundary, schema, stall=self._stall)
+        await tail.start()
+        self._tails[boundary] = tail
+        return tail
+
+
+def _subscriber_lock(schema: str, name: str) -> str:
+    return f"orisun.subscriber.{schema}.{name}"
