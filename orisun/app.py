@@ -25,6 +25,7 @@ from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
 from orisun.messaging.pubsub import PubSub
+from orisun.model import Event
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
 from orisun.service.pubsub import PubSubService
@@ -140,7 +141,7 @@ class Orisun:
         self.feed = LiveFeed(self.db, FeedPublisher(self.nats_client, retention=s.live_feed_retention,
                                                     max_backlog=MAX_FEED_BACKLOG), self.locks)
         self.subscriptions = Subscriptions(self.db, self.nats_client, self.locks)
-        self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload, on_commit=self._committed)
+        self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload, on_commit=self._wrote)
         listening = asyncio.Event()
         self._appended_listener = asyncio.create_task(
             listen(conninfo, APPENDED_CHANNEL, self._appended, ready=listening), name="orisun-appended"
@@ -161,9 +162,16 @@ class Orisun:
         )
         await self.grpc.start()
 
-    def _committed(self, schema: str, head: int | None) -> None:
+    def _wrote(self, schema: str, events: list[Event]) -> None:
+        """This node's writer committed ``events`` (in position order)."""
         assert self.feed is not None and self.subscriptions is not None
-        self.feed.committed(schema, head)
+        self.feed.committed(schema, events)
+        self.subscriptions.committed(schema, events[-1].position.prepare, events)
+
+    def _committed(self, schema: str, head: int | None) -> None:
+        """Some node committed events up to ``head`` (None: maybe; check)."""
+        assert self.feed is not None and self.subscriptions is not None
+        self.feed.committed(schema)
         self.subscriptions.committed(schema, head)
 
     def _appended(self, payload: dict[str, Any] | None) -> None:

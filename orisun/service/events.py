@@ -16,11 +16,11 @@ from orisun.storage.writer import BoundaryWriter
 
 class EventStore:
     def __init__(
-        self, db: Database, *, max_event_bytes: int, on_commit: Callable[[str, int], None] | None = None
+        self, db: Database, *, max_event_bytes: int, on_commit: Callable[[str, list[Event]], None] | None = None
     ) -> None:
         self._db = db
         self._max_event_bytes = max_event_bytes
-        self._on_commit = on_commit  # (schema, last position): see BoundaryWriter
+        self._on_commit = on_commit  # (schema, events stored): see BoundaryWriter
         self._writers: dict[str, BoundaryWriter] = {}
 
     def _writer(self, schema: str) -> BoundaryWriter:

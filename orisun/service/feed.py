@@ -2,22 +2,19 @@
 
 One node at a time publishes a boundary: the one holding the cluster-wide lock
 ``orisun.feed.<schema>`` (a PostgreSQL session lock, freed when that node dies). The publisher
-reads what was committed after its checkpoint (the feed stream's last sequence, which is the last
-published position) and publishes it. It does so
+continues from its checkpoint, the feed stream's last sequence (the last published position):
 
-- at once when this node's writer commits (``committed``),
-- when PostgreSQL reports a commit by another node (``committed`` again, from LISTEN),
-- when it gains ownership (recovery after a crash between commit and publish), and
-- every ``interval`` seconds as a safety net.
-
-Reading back from PostgreSQL rather than handing over the writer's in-memory events costs one
-indexed read per group but means the feed carries exactly what was stored, positions and
-timestamps included, through one code path for the live case and for recovery.
+- this node's writer hands over what it committed at once (``committed`` with the events), and
+  the publisher sends those from memory when they continue the feed;
+- otherwise (commits made through other nodes, reported by PostgreSQL's NOTIFY; a gap; after
+  gaining ownership, which is the recovery after a crash between commit and publish; every
+  ``interval`` seconds as a safety net) it reads what follows the checkpoint from PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Mapping
 
@@ -25,13 +22,14 @@ from loguru import logger
 
 from orisun.errors import Unavailable
 from orisun.messaging.feed import FeedOutOfStep, FeedPublisher
-from orisun.model import Position
+from orisun.model import Event, Position
 from orisun.storage.database import Database
 from orisun.storage.events import read_head, read_range
 from orisun.storage.locks import SessionLocks
 
 _BATCH = 1000  # events read and published per round
 _NEWEST = 2**62  # "up to whatever is committed"
+_MEMORY = 50_000  # events handed over and not yet published; beyond, PostgreSQL is read instead
 
 
 def feed_lock(schema: str) -> str:
@@ -55,8 +53,10 @@ class LiveFeed:
         self._interval = interval
         self._boundaries: Mapping[str, str] = dict(db.boundaries)  # boundary -> schema
         self._wakeups = {schema: asyncio.Event() for schema in self._boundaries.values()}
+        self._boundary_of = {schema: boundary for boundary, schema in self._boundaries.items()}
         self._owned: dict[str, int] = {}  # boundary -> lock generation it was taken in
         self._published: dict[str, int] = {}  # boundary -> last position published (while owned)
+        self._handed: dict[str, collections.deque[Event]] = {schema: collections.deque() for schema in self._wakeups}
         self._tasks: list[asyncio.Task[None]] = []
 
     def owns(self, boundary: str) -> bool:
@@ -66,11 +66,18 @@ class LiveFeed:
         """The last position this node published for ``boundary``, if it owns it."""
         return self._published.get(boundary) if self.owns(boundary) else None
 
-    def committed(self, schema: str, head: int | None = None) -> None:
-        """Events up to ``head`` were committed in ``schema`` (None: maybe, check)."""
+    def committed(self, schema: str, events: list[Event] | None = None) -> None:
+        """Something was committed in ``schema``: ``events`` if this node wrote them, else None."""
         wakeup = self._wakeups.get(schema)
-        if wakeup is not None:
-            wakeup.set()
+        if wakeup is None or not self.owns(self._boundary_of[schema]):
+            return  # the owner learns of it from PostgreSQL's NOTIFY
+        handed = self._handed[schema]
+        if events:
+            if len(handed) + len(events) > _MEMORY:
+                handed.clear()  # NATS is slow or away: publishing will read PostgreSQL instead
+            else:
+                handed.extend(events)
+        wakeup.set()
 
     def start(self) -> None:
         for boundary, schema in self._boundaries.items():
@@ -96,9 +103,10 @@ class LiveFeed:
                     self._published.pop(boundary, None)
                     if await self._locks.try_lock(feed_lock(schema)):
                         self._owned[boundary] = self._locks.generation
+                        self._handed[schema].clear()  # the checkpoint decides where to go on
                         logger.info("This node now publishes the live feed of boundary {!r}", boundary)
                     else:
-                        await _wait(wakeup, self._interval)
+                        await asyncio.sleep(self._interval)  # another node publishes it
                         continue
                 await self._publish(boundary, schema, wakeup)
             except asyncio.CancelledError:
@@ -119,7 +127,9 @@ class LiveFeed:
             self._published[boundary] = published
         while self.owns(boundary):
             wakeup.clear()
-            events = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
+            events = self._take_handed(schema, published)
+            if not events:
+                events = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
             if events:
                 try:
                     await self._publisher.publish(boundary, events)
@@ -134,6 +144,19 @@ class LiveFeed:
             await _wait(wakeup, self._interval)
             if not await self._locks.check():
                 return
+
+
+    def _take_handed(self, schema: str, published: int) -> list[Event]:
+        """The handed-over events that continue the feed after ``published`` (at most _BATCH)."""
+        handed = self._handed[schema]
+        while handed and handed[0].position.prepare <= published:
+            handed.popleft()  # published already (read from PostgreSQL, or by another owner)
+        if not handed or handed[0].position.prepare != published + 1:
+            return []  # nothing, or a gap (another node's writes): PostgreSQL has it
+        taken: list[Event] = []
+        while handed and len(taken) < _BATCH and handed[0].position.prepare == published + len(taken) + 1:
+            taken.append(handed.popleft())
+        return taken
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

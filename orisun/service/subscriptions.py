@@ -80,25 +80,31 @@ class Tail:
         self._advanced = asyncio.Event()
         self._lock = asyncio.Lock()  # one advance at a time: from the feed or from PostgreSQL
         self._progress = time.monotonic()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._following: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.oldest = self.newest = self.known_head = await read_head(self._db, self._schema)
-        self._tasks = [
-            asyncio.create_task(self._follow(), name=f"tail feed {self.boundary}"),
-            asyncio.create_task(self._watch(), name=f"tail watch {self.boundary}"),
-        ]
+        self._following = asyncio.create_task(self._follow(), name=f"tail feed {self.boundary}")
+        self._watching = asyncio.create_task(self._watch(), name=f"tail watch {self.boundary}")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._following, self._watching):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
-    def committed(self, head: int | None) -> None:
+    def committed(self, head: int | None, events: list[Event] | None = None) -> None:
+        """Events up to ``head`` are committed; ``events``, when this node wrote them."""
         if head is not None and head > self.known_head:
             self.known_head = head
+        # This node's own commits go straight in when they continue the tail, unless a read from
+        # PostgreSQL is under way (it will bring them, and expects the tail not to move meanwhile).
+        if events and not self._lock.locked():
+            fresh = [e for e in events if e.position.prepare > self.newest]
+            if fresh and fresh[0].position.prepare == self.newest + 1:
+                self._append(fresh)
 
     def after(self, cursor: int) -> list[Event]:
         """Up to LIVE_BATCH events after ``cursor``; FellBehind if they are no longer held."""
@@ -147,6 +153,13 @@ class Tail:
                 try:
                     async with self._lock:
                         await self._fill(self.known_head)
+                    # The feed brought nothing in time: follow it afresh rather than trust a
+                    # subscription that may have gone quiet (NATS restarted, consumer lost).
+                    if self._following is not None:
+                        self._following.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await self._following
+                    self._following = asyncio.create_task(self._follow(), name=f"tail feed {self.boundary}")
                 except Unavailable as exc:
                     logger.debug("Tail of boundary {!r} cannot read PostgreSQL: {}", self.boundary, exc)
                 except Exception:
@@ -198,11 +211,12 @@ class Subscriptions:
         self._claims: dict[tuple[str, str], _Claim] = {}
         self._schemas: Mapping[str, str] = {schema: boundary for boundary, schema in db.boundaries.items()}
 
-    def committed(self, schema: str, head: int | None) -> None:
+    def committed(self, schema: str, head: int | None, events: list[Event] | None = None) -> None:
+        """Events up to ``head`` were committed in ``schema``; ``events`` if this node wrote them."""
         boundary = self._schemas.get(schema)
         tail = self._tails.get(boundary) if boundary is not None else None
         if tail is not None:
-            tail.committed(head)
+            tail.committed(head, events)
 
     def locks_lost(self) -> None:
         """The lock connection went: no subscriber_name is exclusive any more; end those subscriptions."""

@@ -25,9 +25,11 @@ MAX_CRITERIA = 100
 MAX_TAGS_PER_CRITERION = 32
 DEFAULT_COUNT = 100
 MAX_COUNT = 10_000
-# What an event adds on the wire besides its fields when delivered live (ids, position, time,
-# protobuf framing); an event must fit into one NATS message.
-EVENT_ENVELOPE_BYTES = 256
+# What an event adds besides its fields in its live-feed message (id, positions, time and framing,
+# about 90 bytes, plus room for the NATS headers): every event that can be saved must fit into one
+# NATS message (messaging/feed.py). Each tag adds its key's and value's length prefixes.
+EVENT_ENVELOPE_BYTES = 512
+TAG_ENVELOPE_BYTES = 4
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -114,6 +116,7 @@ def check_save(request: SaveRequest, *, max_event_bytes: int) -> None:
         for t, tag in enumerate(event.tags):
             size += _text(f"{field}.tags[{t}].key", tag.key, max_bytes=MAX_TAG_KEY_BYTES)
             size += _text(f"{field}.tags[{t}].value", tag.value, max_bytes=MAX_TAG_VALUE_BYTES, required=False)
+            size += TAG_ENVELOPE_BYTES
         if size > max_event_bytes:
             _fail(field, f"is about {size} bytes, more than the {max_event_bytes} a live subscriber can receive "
                   "(ORISUN_NATS_MAX_PAYLOAD)")

@@ -18,6 +18,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from loguru import logger
 from psycopg import sql
@@ -27,6 +28,7 @@ from orisun.errors import AlreadyExists, Unavailable
 from orisun.model import (
     EVENT_TYPE_TAG,
     EVENT_TYPE_TAG_ALIASES,
+    Event,
     Position,
     Query,
     SaveRequest,
@@ -59,18 +61,21 @@ class _Pending:
 class BoundaryWriter:
     """Appends to one boundary's schema; call ``append`` from any number of tasks."""
 
-    def __init__(self, db: Database, schema: str, *, on_commit: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self, db: Database, schema: str, *, on_commit: Callable[[str, list[Event]], None] | None = None
+    ) -> None:
         self._db = db
         self._schema = schema
-        # Told (schema, last position) right after each commit that stored events: the live feed
-        # publishes them at once instead of waiting for a poll.
+        # Handed (schema, the events stored, in position order) right after each commit: the live
+        # feed publishes them and local subscribers get them at once, with no poll and no re-read.
         self._on_commit = on_commit
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._statement = sql.SQL(
-            "SELECT r_request, r_outcome, r_commit, r_prepare, r_version, r_detail FROM {}.append_events("
+            # now() is the transaction's timestamp: the created_at the function stored for the events.
+            "SELECT r_request, r_outcome, r_commit, r_prepare, r_version, r_detail, now() FROM {}.append_events("
             "%b::text[], %b::int4[], %b::text[]::jsonb[], %b::int4[], %b::uuid[], %b::text[], %b::text[], "
             "%b::text[], %b::text[]::jsonb[])"
         ).format(sql.Identifier(schema))
@@ -119,6 +124,10 @@ class BoundaryWriter:
                     for pending in group:
                         _settle(pending, Unavailable("the server stopped during this write; retry"))
                     raise
+                except Exception as exc:  # a bug after the commit: answer everyone, keep serving
+                    logger.exception("handling a group for {} failed", self._schema)
+                    for pending in group:
+                        _settle(pending, exc)
             if self._closed:
                 return
 
@@ -156,14 +165,16 @@ class BoundaryWriter:
             for pending in group:
                 await self._commit_group([pending])
             return
-        head = 0
+        committed: list[Event] = []
         for pending, row in zip(group, rows, strict=True):
             outcome = _outcome(pending.request, row)
-            if isinstance(outcome, WriteResult) and row[1] == "ok":
-                head = max(head, outcome.position.commit)
+            if isinstance(outcome, WriteResult) and row[1] == "ok" and self._on_commit is not None:
+                created_at = row[6]
+                assert isinstance(created_at, datetime)
+                committed += _stored(pending.request, outcome, created_at)
             _settle(pending, outcome)
-        if head and self._on_commit is not None:
-            self._on_commit(self._schema, head)
+        if committed and self._on_commit is not None:
+            self._on_commit(self._schema, committed)
 
     async def _execute(self, requests: Sequence[SaveRequest]) -> list[tuple[object, ...]]:
         streams, expected, subsets, counts = [], [], [], []
@@ -200,7 +211,7 @@ class BoundaryWriter:
 
 
 def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exception:
-    _, outcome, commit, prepare, version, detail = row
+    _, outcome, commit, prepare, version, detail = row[:6]
     if outcome in ("ok", "idempotent"):
         assert isinstance(commit, int) and isinstance(prepare, int) and isinstance(version, int)
         return WriteResult(Position(commit, prepare), version)
@@ -209,6 +220,27 @@ def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exc
     if outcome == "duplicate":
         return AlreadyExists(f"event_id {detail} already exists (event ids are unique per boundary)")
     return RuntimeError(f"append_events returned unknown outcome {outcome!r}")
+
+
+def _stored(request: SaveRequest, result: WriteResult, created_at: datetime) -> list[Event]:
+    """The events of an accepted request exactly as GetEvents will return them."""
+    last = result.position.commit
+    first = last - len(request.events) + 1
+    first_version = result.new_stream_version - len(request.events) + 1
+    return [
+        Event(
+            event_id=str(uuid.UUID(e.event_id)),  # stored as uuid: read back in canonical lowercase
+            event_type=e.event_type,
+            data=e.data,
+            metadata=e.metadata,
+            tags=e.tags,
+            position=Position(last, first + i),
+            created_at=created_at,
+            stream=request.stream,
+            version=first_version + i,
+        )
+        for i, e in enumerate(request.events)
+    ]
 
 
 def _settle(pending: _Pending, result: WriteResult | Exception) -> None:
