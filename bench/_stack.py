@@ -65,7 +65,7 @@ def stack(boundary: str) -> Iterator[Stack]:
     env.update(ORISUN_DATA_DIR=str(base / "data"), ORISUN_GRPC_PORT=str(port), ORISUN_NATS_PORT=str(free_port()),
                ORISUN_PG_HOST="127.0.0.1", ORISUN_PG_PORT=str(params["port"]), ORISUN_PG_USER=str(params["user"]),
                ORISUN_PG_PASSWORD=str(params["password"]), ORISUN_PG_NAME=str(params["dbname"]),
-               ORISUN_PG_SCHEMAS=boundary, ORISUN_LOGGING_LEVEL="ERROR")
+               ORISUN_PG_SCHEMAS=boundary, ORISUN_LOGGING_LEVEL=os.environ.get("BENCH_SERVER_LOG", "ERROR"))
     server = subprocess.Popen([sys.executable, "-m", "orisun"], env=env)
     try:
         address = f"127.0.0.1:{port}"

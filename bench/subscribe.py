@@ -242,7 +242,7 @@ async def breakdown(conninfo: str, events: int) -> tuple[float, float]:
     cursor = 0
     while cursor < events:
         t0 = time.perf_counter()
-        page = await read_range(db, BOUNDARY, Position(0, cursor), events, None, PAGE)
+        page, _ = await read_range(db, BOUNDARY, Position(0, cursor), events, None, PAGE)
         t1 = time.perf_counter()
         for event in page:
             event_to_proto(event).SerializeToString()

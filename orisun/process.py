@@ -359,10 +359,13 @@ class ChildProcess:
                 self._log.warning(
                     "restarting {} (restart {} in {:g} s)", self.name, len(restarts), self._restart_window
                 )
-                await self._launch()
+                try:
+                    await self._launch()
+                except StartupError as exc:
+                    # Counts as one more exit: retried after a longer backoff, fatal past the limit.
+                    self._log.error("restarting {} failed: {}", self.name, exc)
+                    continue
                 self._log.info("{} restarted (pid {})", self.name, self.pid)
-        except StartupError as exc:
-            self._fatal(f"{self.name} could not be restarted: {exc}")
         except Exception as exc:  # a bug here must still reach on_fatal, not vanish with the task
             self._fatal(f"{self.name} supervision failed: {exc!r}")
             if self._proc is not None and self._proc.returncode is None:

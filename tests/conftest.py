@@ -3,6 +3,13 @@ root), a fresh database per server, and real Orisun servers on free ports."""
 
 from __future__ import annotations
 
+import os
+
+# As the orisun command does (orisun/cli.py), before anything imports grpc: gRPC's fork handlers
+# can abort a child forked while other threads use gRPC, and the servers these tests host in
+# this process fork their nats-server and postgres children.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path

@@ -129,7 +129,7 @@ class LiveFeed:
             wakeup.clear()
             events = self._take_handed(schema, published)
             if not events:
-                events = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
+                events, _ = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
             if events:
                 try:
                     await self._publisher.publish(boundary, events)

@@ -10,10 +10,11 @@ only ever moves it forward by consecutive positions, so it can neither skip nor 
    page of memory, never an unbounded queue).
 
 The ``Tail`` is this node's window of the most recent events of a boundary, consecutive and in
-order. It follows the JetStream feed; a hole in what arrives (the feed was moved forward, an
-event too large for NATS) is read from PostgreSQL, and so is anything committed that the feed
-has not delivered within ``stall`` seconds (feed down, publisher dead), so subscribers keep
-getting every event even while NATS is away.
+order. This node's own commits go in at once; other nodes' arrive through the JetStream feed. A
+hole in what arrives (the feed was moved forward, an event too large for NATS) is read from
+PostgreSQL, and so is anything PostgreSQL reports committed that the feed has not brought within
+``grace`` seconds (feed down, publisher dead), so subscribers keep getting every event even while
+NATS is away.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ PAGE = 500  # events read from PostgreSQL per catch-up round
 LIVE_BATCH = 256  # events taken from the tail at once
 TAIL_EVENTS = 10_000
 TAIL_BYTES = 64 * 1024 * 1024
+_RESTART_EVERY = 5.0  # seconds between two re-subscriptions to a quiet feed
 
 
 def matches(query: Query | None, event: Event) -> bool:
@@ -66,7 +68,9 @@ class FellBehind(Exception):
 class Tail:
     """The most recent events of one boundary, consecutive, as this node's subscribers read them."""
 
-    def __init__(self, db: Database, client: Client, boundary: str, schema: str, *, stall: float) -> None:
+    def __init__(
+        self, db: Database, client: Client, boundary: str, schema: str, *, stall: float, grace: float
+    ) -> None:
         self._db = db
         self._client = client
         self.boundary = boundary
@@ -79,7 +83,10 @@ class Tail:
         self.known_head = 0  # the last position known to be committed
         self._advanced = asyncio.Event()
         self._lock = asyncio.Lock()  # one advance at a time: from the feed or from PostgreSQL
-        self._progress = time.monotonic()
+        self._grace = grace
+        self._behind = asyncio.Event()  # known_head moved past newest, or _check_head
+        self._check_head = False  # read the head from PostgreSQL: a notification may be lost
+        self._fed = time.monotonic()  # when the feed last brought something new
         self._following: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
 
@@ -96,8 +103,11 @@ class Tail:
                     await task
 
     def committed(self, head: int | None, events: list[Event] | None = None) -> None:
-        """Events up to ``head`` are committed; ``events``, when this node wrote them."""
-        if head is not None and head > self.known_head:
+        """Events up to ``head`` are committed (None: maybe, check); ``events``, when this node
+        wrote them."""
+        if head is None:
+            self._check_head = True
+        elif head > self.known_head:
             self.known_head = head
         # This node's own commits go straight in when they continue the tail, unless a read from
         # PostgreSQL is under way (it will bring them, and expects the tail not to move meanwhile).
@@ -105,6 +115,8 @@ class Tail:
             fresh = [e for e in events if e.position.prepare > self.newest]
             if fresh and fresh[0].position.prepare == self.newest + 1:
                 self._append(fresh)
+        if self.known_head > self.newest or self._check_head:
+            self._behind.set()
 
     def after(self, cursor: int) -> list[Event]:
         """Up to LIVE_BATCH events after ``cursor``; FellBehind if they are no longer held."""
@@ -132,6 +144,7 @@ class Tail:
                 async for item in follow(self._client, self.boundary, self.newest):
                     if item.position <= self.newest:
                         continue  # already read from PostgreSQL
+                    self._fed = time.monotonic()
                     async with self._lock:
                         if item.position > self.newest + 1 or item.event is None:
                             await self._fill(item.position if item.event is None else item.position - 1)
@@ -146,28 +159,47 @@ class Tail:
             await asyncio.sleep(1.0)
 
     async def _watch(self) -> None:
-        """Read from PostgreSQL what is committed but has not come through the feed in time."""
+        """Read from PostgreSQL what is committed but has not come through the feed in time.
+
+        Woken when PostgreSQL reports a commit beyond the tail (and every ``stall`` seconds), it
+        gives the feed ``grace`` seconds, usually plenty, then reads the rest itself. So events
+        keep flowing while NATS is away, a publisher is dead, or the feed of another node's NATS
+        does not reach this one.
+        """
+        restarted = time.monotonic()
         while True:
-            await asyncio.sleep(self._stall / 2)
-            if self.known_head > self.newest and time.monotonic() - self._progress > self._stall:
-                try:
-                    async with self._lock:
-                        await self._fill(self.known_head)
-                    # The feed brought nothing in time: follow it afresh rather than trust a
-                    # subscription that may have gone quiet (NATS restarted, consumer lost).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._stall):  # not wait_for: see service/feed.py _wait
+                    await self._behind.wait()
+            self._behind.clear()
+            try:
+                if self._check_head:
+                    self._check_head = False
+                    self.known_head = max(self.known_head, await read_head(self._db, self._schema))
+                if self.known_head <= self.newest:
+                    continue
+                await asyncio.sleep(self._grace)
+                if self.known_head <= self.newest:
+                    continue
+                async with self._lock:
+                    await self._fill(self.known_head)
+                if time.monotonic() - self._fed > self._stall and time.monotonic() - restarted > _RESTART_EVERY:
+                    # The feed has been quiet while events were committed: follow it afresh rather
+                    # than trust a subscription that may have gone silent (NATS restarted).
+                    restarted = time.monotonic()
                     if self._following is not None:
                         self._following.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await self._following
                     self._following = asyncio.create_task(self._follow(), name=f"tail feed {self.boundary}")
-                except Unavailable as exc:
-                    logger.debug("Tail of boundary {!r} cannot read PostgreSQL: {}", self.boundary, exc)
-                except Exception:
-                    logger.exception("Tail of boundary {!r} failed to read PostgreSQL", self.boundary)
+            except Unavailable as exc:
+                logger.debug("Tail of boundary {!r} cannot read PostgreSQL: {}", self.boundary, exc)
+            except Exception:
+                logger.exception("Tail of boundary {!r} failed to read PostgreSQL", self.boundary)
 
     async def _fill(self, upto: int) -> None:
         while self.newest < upto:
-            events = await read_range(self._db, self._schema, Position(0, self.newest), upto, None, PAGE)
+            events, _ = await read_range(self._db, self._schema, Position(0, self.newest), upto, None, PAGE)
             if not events:
                 return
             self._append(events)
@@ -183,7 +215,6 @@ class Tail:
         while len(self._events) > TAIL_EVENTS or (self._bytes > TAIL_BYTES and len(self._events) > 1):
             self.oldest += 1
             self._bytes -= _size(self._events.pop(self.oldest))
-        self._progress = time.monotonic()
         self._advanced.set()
         self._advanced = asyncio.Event()
 
@@ -201,11 +232,14 @@ class _Claim:
 class Subscriptions:
     """Serves SubscribeToEvents for every boundary of this node."""
 
-    def __init__(self, db: Database, client: Client, locks: SessionLocks, *, stall: float = 0.5) -> None:
+    def __init__(
+        self, db: Database, client: Client, locks: SessionLocks, *, stall: float = 1.0, grace: float = 0.05
+    ) -> None:
         self._db = db
         self._client = client
         self._locks = locks
         self._stall = stall
+        self._grace = grace
         self._tails: dict[str, Tail] = {}
         self._starting: dict[str, asyncio.Task[Tail]] = {}
         self._claims: dict[tuple[str, str], _Claim] = {}
@@ -252,10 +286,11 @@ class Subscriptions:
                 # 1. Catch-up from PostgreSQL, up to what the tail holds.
                 upto = tail.newest
                 while cursor < upto:
-                    page = await read_range(self._db, schema, Position(after.commit, cursor), upto, query, PAGE)
+                    page, through = await read_range(self._db, schema, Position(after.commit, cursor), upto, query,
+                                                     PAGE)
                     for event in page:
                         yield event
-                    cursor = page[-1].position.prepare if len(page) == PAGE else upto
+                    cursor = through
                 # 2. Live from the tail, until this subscriber falls behind it.
                 try:
                     while True:
@@ -310,7 +345,7 @@ class Subscriptions:
                 self._starting.pop(boundary, None)
 
     async def _start_tail(self, boundary: str, schema: str) -> Tail:
-        tail = Tail(self._db, self._client, boundary, schema, stall=self._stall)
+        tail = Tail(self._db, self._client, boundary, schema, stall=self._stall, grace=self._grace)
         await tail.start()
         self._tails[boundary] = tail
         return tail

@@ -154,18 +154,27 @@ async def read_events(db: Database, schema: str, request: ReadRequest) -> list[E
 # --- Subscriptions and the live feed -------------------------------------------------------------
 
 
+def range_end(after: Position, upto: int, query: Query | None, limit: int) -> int:
+    """The last position a range read examines. Without a query, positions are dense, so the
+    ``limit`` events after the cursor end at ``after + limit``: bounding the scan there keeps the
+    plan an index range of ``limit`` rows whatever the planner's statistics say (a wide range
+    with stale statistics was planned as a bitmap scan of the whole range plus a sort)."""
+    return upto if narrowing(query) is not None else min(upto, after.prepare + limit)
+
+
 def build_range(schema: str, after: Position, upto: int, query: Query | None, limit: int) -> sql.Composed:
-    """Events after the cursor ``after`` up to position ``upto``, matching ``query``, in order."""
+    """Events after the cursor ``after`` up to ``range_end(...)``, matching ``query``, in order."""
     events_table = sql.Identifier(schema, "events")
     tags_table = sql.Identifier(schema, "event_tags")
+    end = range_end(after, upto, query, limit)
     conditions: list[sql.Composable] = [
-        sql.SQL("e.position > {} AND e.position <= {}").format(after.prepare, upto),
+        sql.SQL("e.position > {} AND e.position <= {}").format(after.prepare, end),
         # The contract's lexicographic cursor; for real cursors the line above already implies it.
         sql.SQL("(e.commit_position, e.position) > ({}, {})").format(after.commit, after.prepare),
     ]
     query = narrowing(query)
     if query is not None:
-        bound = sql.SQL("AND t0.position > {} AND t0.position <= {}").format(after.prepare, upto)
+        bound = sql.SQL("AND t0.position > {} AND t0.position <= {}").format(after.prepare, end)
         branches = [_positions(c, tags_table, bound, sql.SQL("ASC"), limit) for c in query.criteria]
         conditions.append(sql.SQL("e.position IN ({})").format(sql.SQL(" UNION ").join(branches)))
     return sql.SQL("SELECT {cols} FROM {events} e WHERE {where} ORDER BY e.position LIMIT {limit}").format(
@@ -175,12 +184,17 @@ def build_range(schema: str, after: Position, upto: int, query: Query | None, li
 
 async def read_range(
     db: Database, schema: str, after: Position, upto: int, query: Query | None = None, limit: int = 1000
-) -> list[Event]:
-    """At most ``limit`` events in (after, upto] matching ``query``; see build_range."""
+) -> tuple[list[Event], int]:
+    """(at most ``limit`` events in (after, upto] matching ``query``, the position read through).
+
+    Every event up to the second value has been examined: continue after it. It is the last
+    event's position for a full page, else the end of the range read (see range_end)."""
     with translate_errors(f"reading boundary schema {schema}"):
         async with db.pool.connection() as conn:
             cursor = await conn.execute(build_range(schema, after, upto, query, limit))
-            return [_event(row) for row in await cursor.fetchall()]
+            events = [_event(row) for row in await cursor.fetchall()]
+    through = events[-1].position.prepare if len(events) == limit else range_end(after, upto, query, limit)
+    return events, through
 
 
 async def read_head(db: Database, schema: str) -> int:

@@ -63,7 +63,7 @@ class Gate:
 
     # The gate stays closed until no call has arrived for this long, so that calls gRPC had
     # already received are dispatched (and refused) before gRPC itself stops.
-    QUIET = 0.1
+    QUIET = 0.25
 
     def __init__(self) -> None:
         self.closed = False
