@@ -1,10 +1,11 @@
 """SubscribeToEvents: live delivery latency and catch-up throughput, beside raw PostgreSQL.
 
 **Live latency.** A subscriber is connected (its own process, so the writer's load does not skew
-its clock reading); a writer process saves one-event SaveEvents calls at a fixed rate (open loop:
-calls go out on schedule whether or not earlier ones have returned), then as fast as 64 concurrent
-callers with 10-event calls go. Latency is from just before the SaveEvents call to the event's
-arrival at the subscriber: the write itself is included. Baseline in the same run: a raw psycopg
+its clock reading); a writer process sends SaveEvents calls on a schedule (open loop, at most 64
+calls outstanding, as a client pool would): 100 and 1,000 one-event calls/s, 100 ten-event
+calls/s (1,000 events/s), then as fast as 64 callers with 10-event calls go. Latency is from just
+before the SaveEvents call to the event's arrival at the subscriber: the write itself is included.
+An overloaded server shows as an achieved rate below the offered one. Baseline in the same run: a raw psycopg
 writer doing INSERT + NOTIFY per event at the same rate, and a LISTENing connection receiving it,
 which is what "push from PostgreSQL" costs with no server in between.
 
@@ -41,13 +42,14 @@ from orisun.storage.events import build_range, read_range
 from orisun.transport.convert import event_to_proto
 
 BOUNDARY = "bench"
+IN_FLIGHT = 64
 
 
 # --- live latency ------------------------------------------------------------------------------
 
 
-def _subscriber(address: str, after: int, expected: int, out: Any) -> None:
-    """Receive ``expected`` events after position ``after``; send back their latencies."""
+def _subscriber(address: str, after: int, out: Any) -> None:
+    """Receive events after position ``after`` until an ``End`` event; send back their latencies."""
     latencies = []
     with grpc.insecure_channel(address) as channel:
         call = pb_grpc.EventStoreStub(channel).SubscribeToEvents(
@@ -55,15 +57,24 @@ def _subscriber(address: str, after: int, expected: int, out: Any) -> None:
                 commit_position=after, prepare_position=after)), metadata=AUTH)
         out.send("ready")
         for event in call:
-            latencies.append(time.time() - json.loads(event.data)["sent"])
-            if len(latencies) == expected:
+            if event.event_type == "End":
                 break
+            latencies.append(time.time() - json.loads(event.data)["sent"])
         call.cancel()
     out.send(latencies)
 
 
+def _end(address: str) -> None:
+    """Save the event that tells the subscriber the run is over."""
+    with grpc.insecure_channel(address) as channel:
+        pb_grpc.EventStoreStub(channel).SaveEvents(pb.SaveEventsRequest(
+            boundary=BOUNDARY, stream=pb.SaveStreamQuery(name=f"end-{uuid.uuid4()}", expected_version=-1),
+            events=[pb.EventToSave(event_id=str(uuid.uuid4()), event_type="End", data="{}")]), metadata=AUTH)
+
+
 async def _write(address: str, rate: float | None, seconds: float, batch: int) -> int:
-    """SaveEvents calls at ``rate`` events/s (None: 64 callers flat out) for ``seconds``; events saved."""
+    """SaveEvents calls of ``batch`` events at ``rate`` calls/s (None: 64 callers flat out) for ``seconds``;
+    the events saved."""
     saved = 0
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EventStoreStub(channel)
@@ -84,6 +95,16 @@ async def _write(address: str, rate: float | None, seconds: float, batch: int) -
                     await one()
             await asyncio.gather(*(caller() for _ in range(64)))
         else:
+            # Open loop, but at most IN_FLIGHT calls outstanding, as a real client pool would
+            # have: an overloaded server then shows as a lower achieved rate and higher latency.
+            slots = asyncio.Semaphore(IN_FLIGHT)
+
+            async def scheduled() -> None:
+                try:
+                    await one()
+                finally:
+                    slots.release()
+
             calls = []
             start = time.perf_counter()
             n = 0
@@ -91,7 +112,8 @@ async def _write(address: str, rate: float | None, seconds: float, batch: int) -
                 due = start + n / rate
                 if due > now:
                     await asyncio.sleep(due - now)
-                calls.append(asyncio.ensure_future(one()))
+                await slots.acquire()
+                calls.append(asyncio.ensure_future(scheduled()))
                 n += 1
             await asyncio.gather(*calls)
     return saved
@@ -104,35 +126,49 @@ def _head(conninfo: str) -> int:
     return int(row[0])
 
 
-def live(address: str, conninfo: str, rate: float | None, seconds: float) -> tuple[float, float, float, int]:
-    """(p50 ms, p99 ms, max ms, events/s) of Orisun's live delivery at ``rate``."""
-    batch = 1 if rate is not None else 10
-    # Only the event count is known in advance at a fixed rate; flat out, count first, then read.
-    expected = int(rate * seconds) if rate is not None else None
-    after = _head(conninfo)
-    receiver, sender = multiprocessing.Pipe(duplex=False)
-    if expected is None:
-        began = time.perf_counter()
-        saved = asyncio.run(_write(address, None, seconds, batch))
-        elapsed = time.perf_counter() - began
-        # Replayed from history, the "latency" would mean nothing: measure a second run, live.
-        after = _head(conninfo)
-        expected = saved
-        proc = multiprocessing.Process(target=_subscriber, args=(address, after, expected, sender))
-        proc.start()
-        assert receiver.recv() == "ready"
-        asyncio.run(_write_exactly(address, saved, batch))
+def _writer(address: str, rate: float | None, seconds: float, batch: int, events: int | None, out: Any) -> None:
+    """A writer process: ``events`` events flat out if given, else ``_write``; sends back (saved, s)."""
+    began = time.perf_counter()
+    if events is not None:
+        asyncio.run(_write_exactly(address, events, batch))
+        saved = events
     else:
-        proc = multiprocessing.Process(target=_subscriber, args=(address, after, expected, sender))
-        proc.start()
-        assert receiver.recv() == "ready"
-        began = time.perf_counter()
-        asyncio.run(_write(address, rate, seconds, batch))
-        elapsed = time.perf_counter() - began
+        saved = asyncio.run(_write(address, rate, seconds, batch))
+    out.send((saved, time.perf_counter() - began))
+
+
+def _in_process(target: Any, *args: Any) -> Any:
+    """Run ``target(*args, pipe)`` in a fresh process (its own gRPC and event loop); its answer."""
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    proc = multiprocessing.Process(target=target, args=(*args, sender))
+    proc.start()
+    answer = receiver.recv()
+    proc.join(60)
+    return answer
+
+
+def live(
+    address: str, conninfo: str, rate: float | None, batch: int, seconds: float
+) -> tuple[float, float, float, int]:
+    """(p50 ms, p99 ms, max ms, events/s achieved) of live delivery at ``rate`` calls/s of
+    ``batch`` events (None: 64 callers flat out).
+
+    Writers and the subscriber run in processes of their own: the clock readings of one are not
+    delayed by the other's work, and each has its own gRPC runtime."""
+    exactly = None
+    if rate is None:  # flat out: measure what the server sustains, then that many events, live
+        exactly, _ = _in_process(_writer, address, None, seconds, batch, None)
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    subscriber = multiprocessing.Process(target=_subscriber, args=(address, _head(conninfo), sender))
+    subscriber.start()
+    assert receiver.recv() == "ready"
+    saved, elapsed = _in_process(_writer, address, rate, seconds, batch, exactly)
+    _end(address)
     latencies = receiver.recv()
-    proc.join(30)
+    subscriber.join(30)
+    assert len(latencies) == saved, f"{saved} events saved, {len(latencies)} delivered"
     p50, p99 = percentiles(latencies)
-    return p50, p99, max(latencies) * 1000, int(expected / elapsed)
+    return p50, p99, max(latencies) * 1000, int(saved / elapsed)
 
 
 async def _write_exactly(address: str, events: int, batch: int) -> None:
@@ -164,7 +200,7 @@ def _raw_listener(conninfo: str, expected: int, out: Any) -> None:
     out.send(latencies)
 
 
-def raw_live(conninfo: str, rate: float, seconds: float) -> tuple[float, float, float]:
+def raw_live(loop: asyncio.AbstractEventLoop, conninfo: str, rate: float, seconds: float) -> tuple[float, float, float]:
     """The baseline: INSERT + NOTIFY per event at ``rate``, received by LISTEN."""
     expected = int(rate * seconds)
     receiver, sender = multiprocessing.Pipe(duplex=False)
@@ -198,7 +234,7 @@ def raw_live(conninfo: str, rate: float, seconds: float) -> tuple[float, float, 
         for c in conns:
             await c.close()
 
-    asyncio.run(write())
+    loop.run_until_complete(write())
     latencies = receiver.recv()
     proc.join(30)
     p50, p99 = percentiles(latencies)
@@ -259,22 +295,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each live run")
     args = parser.parse_args()
     multiprocessing.set_start_method("spawn")  # gRPC does not survive fork() in a process using it
+    # Async phases in this process run on the stack's one loop (PostgreSQL is supervised there).
     with stack(BOUNDARY) as s:
         print("Live delivery, SaveEvents call start -> arrival at a connected subscriber")
-        print(f"{'rate':>14} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} | raw INSERT+NOTIFY→LISTEN p50 / p99 / max")
-        for rate in (100.0, 1000.0, None):
-            p50, p99, worst, achieved = live(s.address, s.conninfo, rate, args.seconds)
-            label = f"{int(rate)}/s" if rate else f"max {achieved}/s"
-            raw = raw_live(s.conninfo, rate or float(achieved), args.seconds)
-            print(f"{label:>14} {p50:8.2f} {p99:8.2f} {worst:8.2f} | {raw[0]:.2f} / {raw[1]:.2f} / {raw[2]:.2f}")
+        print(f"{'offered':>18} {'achieved ev/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+              "| raw INSERT+NOTIFY→LISTEN p50 / p99 / max")
+        for rate, batch in ((100.0, 1), (1000.0, 1), (100.0, 10), (None, 10)):
+            p50, p99, worst, achieved = live(s.address, s.conninfo, rate, batch, args.seconds)
+            label = f"{int(rate)} calls/s x {batch}" if rate else f"64 callers x {batch}"
+            raw = raw_live(s.loop, s.conninfo, float(achieved), args.seconds)
+            print(f"{label:>18} {achieved:13,} {p50:8.2f} {p99:8.2f} {worst:8.2f} "
+                  f"| {raw[0]:.2f} / {raw[1]:.2f} / {raw[2]:.2f}")
 
         print(f"\nCatch-up from position 0 over {args.events:,} events")
-        loaded = asyncio.run(load(s.address, args.events))
+        loaded = s.loop.run_until_complete(load(s.address, args.events))
         print(f"  (loaded in {loaded:.0f} s)")
         total = _head(s.conninfo)
         subscribe = min(catch_up(s.address, total) for _ in range(2))
         raw = min(raw_scan(s.conninfo, total) for _ in range(2))
-        read, convert = asyncio.run(breakdown(s.conninfo, total))
+        read, convert = s.loop.run_until_complete(breakdown(s.conninfo, total))
         print(f"  SubscribeToEvents: {total / subscribe:10,.0f} events/s ({subscribe:.1f} s)")
         print(f"  raw psycopg pages: {total / raw:10,.0f} events/s ({raw:.1f} s)  ratio {raw / subscribe:.2f}")
         print(f"  where the time goes, per event: PostgreSQL {raw / total * 1e6:.1f} µs, rows to model "

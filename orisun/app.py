@@ -171,7 +171,7 @@ class Orisun:
     def _committed(self, schema: str, head: int | None) -> None:
         """Some node committed events up to ``head`` (None: maybe; check)."""
         assert self.feed is not None and self.subscriptions is not None
-        self.feed.committed(schema)
+        self.feed.committed(schema, head=head)
         self.subscriptions.committed(schema, head)
 
     def _appended(self, payload: dict[str, Any] | None) -> None:

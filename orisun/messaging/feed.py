@@ -227,10 +227,14 @@ class FeedPublisher:
 
 @dataclass(frozen=True)
 class FeedItem:
-    """One message of a feed: the event, or None for a marker (read it from PostgreSQL)."""
+    """One message of a feed. Decoded only on request: a reader that already has the position
+    (from its own node's writer) skips it for free."""
 
     position: int
-    event: Event | None
+    payload: bytes | None  # None for a marker: read the event from PostgreSQL
+
+    def event(self) -> Event | None:
+        return decode(self.payload) if self.payload is not None else None
 
 
 async def follow(client: Client, boundary: str, after: int, *, heartbeat: float = 1.0) -> AsyncIterator[FeedItem]:
@@ -255,10 +259,8 @@ async def follow(client: Client, boundary: str, after: int, *, heartbeat: float 
             except (nats.errors.Error, TimeoutError) as exc:
                 raise Unavailable(f"the live feed of {boundary!r} stopped ({exc})") from exc
             position = msg.metadata.sequence.stream
-            if msg.headers and MARKER_HEADER in msg.headers:
-                yield FeedItem(position, None)
-            else:
-                yield FeedItem(position, decode(msg.data))
+            marker = bool(msg.headers and MARKER_HEADER in msg.headers)
+            yield FeedItem(position, None if marker else msg.data)
     finally:
         with contextlib.suppress(Exception):
             await subscription.unsubscribe()

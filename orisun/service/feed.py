@@ -54,6 +54,7 @@ class LiveFeed:
         self._boundaries: Mapping[str, str] = dict(db.boundaries)  # boundary -> schema
         self._wakeups = {schema: asyncio.Event() for schema in self._boundaries.values()}
         self._boundary_of = {schema: boundary for boundary, schema in self._boundaries.items()}
+        self._unread: set[str] = set()  # schemas with commits to read from PostgreSQL to publish
         self._owned: dict[str, int] = {}  # boundary -> lock generation it was taken in
         self._published: dict[str, int] = {}  # boundary -> last position published (while owned)
         self._handed: dict[str, collections.deque[Event]] = {schema: collections.deque() for schema in self._wakeups}
@@ -66,17 +67,23 @@ class LiveFeed:
         """The last position this node published for ``boundary``, if it owns it."""
         return self._published.get(boundary) if self.owns(boundary) else None
 
-    def committed(self, schema: str, events: list[Event] | None = None) -> None:
-        """Something was committed in ``schema``: ``events`` if this node wrote them, else None."""
+    def committed(self, schema: str, events: list[Event] | None = None, head: int | None = None) -> None:
+        """Something was committed in ``schema``: ``events`` if this node wrote them; else events
+        up to ``head`` (None: maybe; check), written by any node."""
         wakeup = self._wakeups.get(schema)
-        if wakeup is None or not self.owns(self._boundary_of[schema]):
+        boundary = self._boundary_of.get(schema)
+        if wakeup is None or boundary is None or not self.owns(boundary):
             return  # the owner learns of it from PostgreSQL's NOTIFY
         handed = self._handed[schema]
         if events:
             if len(handed) + len(events) > _MEMORY:
                 handed.clear()  # NATS is slow or away: publishing will read PostgreSQL instead
+                self._unread.add(schema)
             else:
                 handed.extend(events)
+        elif head is None or head > max(self._published.get(boundary, 0),
+                                        handed[-1].position.prepare if handed else 0):
+            self._unread.add(schema)  # not (all) handed over: PostgreSQL has it
         wakeup.set()
 
     def start(self) -> None:
@@ -125,11 +132,14 @@ class LiveFeed:
         if published is None:
             published = await self._publisher.checkpoint(boundary, await read_head(self._db, schema))
             self._published[boundary] = published
+        unread = True  # after (re)gaining ownership: recover whatever was not published
         while self.owns(boundary):
             wakeup.clear()
             events = self._take_handed(schema, published)
-            if not events:
+            if not events and (unread or schema in self._unread):
+                self._unread.discard(schema)
                 events, _ = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
+                unread = len(events) == _BATCH  # a full batch: there may be more
             if events:
                 try:
                     await self._publisher.publish(boundary, events)
@@ -141,9 +151,12 @@ class LiveFeed:
                     return
                 published = self._published[boundary] = events[-1].position.prepare
                 continue
-            await _wait(wakeup, self._interval)
-            if not await self._locks.check():
-                return
+            if not await _wait(wakeup, self._interval):
+                # Quiet for a while: make sure the lock is still held, and look at PostgreSQL in
+                # case a notification was lost (the safety net).
+                if not await self._locks.check():
+                    return
+                unread = True
 
 
     def _take_handed(self, schema: str, published: int) -> list[Event]:
@@ -159,9 +172,13 @@ class LiveFeed:
         return taken
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> None:
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` up to ``seconds``; whether it was set."""
     # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
     # arrives as the wait ends, and a swallowed cancel leaves this loop running after close().
-    with contextlib.suppress(TimeoutError):
+    try:
         async with asyncio.timeout(seconds):
             await event.wait()
+    except TimeoutError:
+        return False
+    return True

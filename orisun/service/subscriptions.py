@@ -86,7 +86,7 @@ class Tail:
         self._grace = grace
         self._behind = asyncio.Event()  # known_head moved past newest, or _check_head
         self._check_head = False  # read the head from PostgreSQL: a notification may be lost
-        self._fed = time.monotonic()  # when the feed last brought something new
+        self._fed = time.monotonic()  # when the feed last delivered a message
         self._following: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
 
@@ -142,14 +142,15 @@ class Tail:
         while True:
             try:
                 async for item in follow(self._client, self.boundary, self.newest):
+                    self._fed = time.monotonic()  # the feed is alive
                     if item.position <= self.newest:
-                        continue  # already read from PostgreSQL
-                    self._fed = time.monotonic()
+                        continue  # already here: from this node's writer, or read from PostgreSQL
+                    event = item.event()
                     async with self._lock:
-                        if item.position > self.newest + 1 or item.event is None:
-                            await self._fill(item.position if item.event is None else item.position - 1)
-                        if item.event is not None and item.position == self.newest + 1:
-                            self._append([item.event])
+                        if item.position > self.newest + 1 or event is None:
+                            await self._fill(item.position if event is None else item.position - 1)
+                        if event is not None and item.position == self.newest + 1:
+                            self._append([event])
             except asyncio.CancelledError:
                 raise
             except Unavailable as exc:
