@@ -36,6 +36,7 @@ SUBJECT_PREFIX = "orisun.events."
 MARKER_HEADER = "Orisun-Marker"  # set on the stand-in for an event too large to carry
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Sequence
 _ACK_TIMEOUT = 10.0
+_YIELD_EVERY = 100  # messages published between two chances for other tasks to run
 # Room kept in a NATS message for the headers (Nats-Expected-Last-Sequence and framing).
 _HEADER_ROOM = 256
 
@@ -176,7 +177,9 @@ class FeedPublisher:
         limit = self._client.max_payload - _HEADER_ROOM
         futures = []
         try:
-            for event in events:
+            for i, event in enumerate(events):
+                if i and not i % _YIELD_EVERY:
+                    await asyncio.sleep(0)  # nats-py's publish rarely yields: let calls in meanwhile
                 position = event.position.prepare
                 headers = {"Nats-Expected-Last-Sequence": str(position - 1)}
                 payload = encode(event)
