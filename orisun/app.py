@@ -139,8 +139,9 @@ class Orisun:
         # publisher of the boundary and this node's subscribers.
         self.locks = SessionLocks(conninfo, on_lost=self._locks_lost)
         self.feed = LiveFeed(self.db, FeedPublisher(self.nats_client, retention=s.live_feed_retention,
-                                                    max_backlog=MAX_FEED_BACKLOG), self.locks)
-        self.subscriptions = Subscriptions(self.db, self.nats_client, self.locks)
+                                                    max_backlog=MAX_FEED_BACKLOG), self.locks,
+                             on_published=self._published)
+        self.subscriptions = Subscriptions(self.db, self.nats_client, self.locks, publishing=self.feed.owns)
         self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload, on_commit=self._wrote)
         listening = asyncio.Event()
         self._appended_listener = asyncio.create_task(
@@ -166,6 +167,11 @@ class Orisun:
         """This node's writer committed ``events`` (in position order)."""
         assert self.feed is not None and self.subscriptions is not None
         self.feed.committed(schema, events)
+        self.subscriptions.committed(schema, events[-1].position.prepare, events)
+
+    def _published(self, schema: str, events: list[Event]) -> None:
+        """This node published ``events`` to the live feed (its own writes or other nodes')."""
+        assert self.subscriptions is not None
         self.subscriptions.committed(schema, events[-1].position.prepare, events)
 
     def _committed(self, schema: str, head: int | None) -> None:

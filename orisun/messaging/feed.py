@@ -175,7 +175,13 @@ class FeedPublisher:
             return
         inbox = await self._ensure_inbox()
         limit = self._client.max_payload - _HEADER_ROOM
-        futures = []
+        # Only the last message asks for an acknowledgement: each message is stored only if the
+        # one before it was (Nats-Expected-Last-Sequence), so the last one's answer speaks for
+        # the whole batch, and acknowledging every message cost as much as publishing it.
+        self._next_token += 1
+        token = f"{inbox}.{self._next_token}"
+        future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        self._acks[token] = future
         try:
             for i, event in enumerate(events):
                 if i and not i % _YIELD_EVERY:
@@ -186,26 +192,21 @@ class FeedPublisher:
                 if len(payload) > limit:
                     payload = b""
                     headers[MARKER_HEADER] = "too-large"
-                self._next_token += 1
-                token = f"{inbox}.{self._next_token}"
-                future = asyncio.get_running_loop().create_future()
-                self._acks[token] = future
-                futures.append((token, future))
-                await self._client.publish(subject(boundary), payload, reply=token, headers=headers)
-            _, pending = await asyncio.wait([f for _, f in futures], timeout=_ACK_TIMEOUT)
+                reply = token if i == len(events) - 1 else ""
+                await self._client.publish(subject(boundary), payload, reply=reply, headers=headers)
+            async with asyncio.timeout(_ACK_TIMEOUT):
+                answer = await future
+        except TimeoutError:
+            raise Unavailable(f"NATS did not acknowledge the live feed within {_ACK_TIMEOUT:g}s") from None
         except (nats.errors.Error, OSError) as exc:
             raise Unavailable(f"NATS is unavailable ({exc})") from exc
         finally:
-            for token, _ in futures:
-                self._acks.pop(token, None)
-        if pending:
-            raise Unavailable(f"NATS did not acknowledge {len(pending)} live-feed messages within {_ACK_TIMEOUT:g}s")
-        for _, future in futures:
-            error = future.result().get("error")
-            if isinstance(error, dict):
-                if error.get("err_code") == _WRONG_LAST_SEQUENCE:
-                    raise FeedOutOfStep(str(error.get("description")))
-                raise Unavailable(f"JetStream refused a live-feed message: {error.get('description')}")
+            self._acks.pop(token, None)
+        error = answer.get("error")
+        if isinstance(error, dict):
+            if error.get("err_code") == _WRONG_LAST_SEQUENCE:
+                raise FeedOutOfStep(str(error.get("description")))
+            raise Unavailable(f"JetStream refused a live-feed message: {error.get('description')}")
 
     async def _ensure_inbox(self) -> str:
         if self._inbox is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from loguru import logger
 
@@ -46,8 +46,12 @@ class LiveFeed:
         locks: SessionLocks,
         *,
         interval: float = 1.0,
+        on_published: Callable[[str, list[Event]], None] = lambda schema, events: None,
     ) -> None:
         self._db = db
+        # Told (schema, events) after each publish: this node's subscribers take the events from
+        # here, so the publishing node does not also read its own feed back from NATS.
+        self._on_published = on_published
         self._publisher = publisher
         self._locks = locks
         self._interval = interval
@@ -150,6 +154,7 @@ class LiveFeed:
                     self._published.pop(boundary, None)
                     return
                 published = self._published[boundary] = events[-1].position.prepare
+                self._on_published(schema, events)
                 continue
             if not await _wait(wakeup, self._interval):
                 # Quiet for a while: make sure the lock is still held, and look at PostgreSQL in

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -69,8 +69,17 @@ class Tail:
     """The most recent events of one boundary, consecutive, as this node's subscribers read them."""
 
     def __init__(
-        self, db: Database, client: Client, boundary: str, schema: str, *, stall: float, grace: float
+        self,
+        db: Database,
+        client: Client,
+        boundary: str,
+        schema: str,
+        *,
+        stall: float,
+        grace: float,
+        publishing: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._publishing = publishing  # whether this node publishes the boundary's feed
         self._db = db
         self._client = client
         self.boundary = boundary
@@ -140,9 +149,17 @@ class Tail:
 
     async def _follow(self) -> None:
         while True:
+            if self._publishing():
+                # This node publishes the feed: it hands each published batch to committed()
+                # itself, so reading the feed back from NATS would only cost time.
+                self._fed = time.monotonic()
+                await asyncio.sleep(1.0)
+                continue
             try:
                 async for item in follow(self._client, self.boundary, self.newest):
                     self._fed = time.monotonic()  # the feed is alive
+                    if self._publishing():
+                        break
                     if item.position <= self.newest:
                         continue  # already here: from this node's writer, or read from PostgreSQL
                     event = item.event()
@@ -234,8 +251,16 @@ class Subscriptions:
     """Serves SubscribeToEvents for every boundary of this node."""
 
     def __init__(
-        self, db: Database, client: Client, locks: SessionLocks, *, stall: float = 1.0, grace: float = 0.05
+        self,
+        db: Database,
+        client: Client,
+        locks: SessionLocks,
+        *,
+        stall: float = 1.0,
+        grace: float = 0.05,
+        publishing: Callable[[str], bool] = lambda boundary: False,
     ) -> None:
+        self._publishing = publishing  # whether this node publishes a boundary's feed
         self._db = db
         self._client = client
         self._locks = locks
@@ -346,7 +371,8 @@ class Subscriptions:
                 self._starting.pop(boundary, None)
 
     async def _start_tail(self, boundary: str, schema: str) -> Tail:
-        tail = Tail(self._db, self._client, boundary, schema, stall=self._stall, grace=self._grace)
+        tail = Tail(self._db, self._client, boundary, schema, stall=self._stall, grace=self._grace,
+                    publishing=lambda: self._publishing(boundary))
         await tail.start()
         self._tails[boundary] = tail
         return tail
