@@ -21,6 +21,7 @@ from typing import Any
 from loguru import logger
 from nats.aio.client import Client as NatsClient
 
+from orisun.aio import cancel_and_wait
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
@@ -229,14 +230,7 @@ class Orisun:
             await self.feed.close()  # after the writers: what they committed is published first
         if self.locks is not None:
             await self.locks.close()
-        if self._appended_listener is not None:
-            self._appended_listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._appended_listener
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await cancel_and_wait([self._appended_listener, self._listener])
         # The client goes before its server, or it keeps trying to reconnect while NATS stops.
         if self.nats_client is not None:
             with contextlib.suppress(Exception):

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import Callable, Mapping
 
 from loguru import logger
 
+from orisun.aio import cancel_and_wait
 from orisun.errors import Unavailable
 from orisun.messaging.feed import FeedOutOfStep, FeedPublisher
 from orisun.model import Event, Position
@@ -95,11 +95,7 @@ class LiveFeed:
             self._tasks.append(asyncio.create_task(self._run(boundary, schema), name=f"live feed {boundary}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         for boundary, schema in self._boundaries.items():
             generation = self._owned.pop(boundary, None)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 from nats.aio.client import Client
 
+from orisun.aio import cancel_and_wait
 from orisun.errors import AlreadyExists, InvalidArgument, Unavailable
 from orisun.messaging.feed import follow
 from orisun.model import EVENT_TYPE_TAG_ALIASES, Event, Position, Query, User, narrowing
@@ -105,11 +106,7 @@ class Tail:
         self._watching = asyncio.create_task(self._watch(), name=f"tail watch {self.boundary}")
 
     async def close(self) -> None:
-        for task in (self._following, self._watching):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait([self._following, self._watching])
 
     def committed(self, head: int | None, events: list[Event] | None = None) -> None:
         """Events up to ``head`` are committed (None: maybe, check); ``events``, when this node
@@ -205,10 +202,7 @@ class Tail:
                     # The feed has been quiet while events were committed: follow it afresh rather
                     # than trust a subscription that may have gone silent (NATS restarted).
                     restarted = time.monotonic()
-                    if self._following is not None:
-                        self._following.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await self._following
+                    await cancel_and_wait([self._following])
                     self._following = asyncio.create_task(self._follow(), name=f"tail feed {self.boundary}")
             except Unavailable as exc:
                 logger.debug("Tail of boundary {!r} cannot read PostgreSQL: {}", self.boundary, exc)
@@ -288,8 +282,7 @@ class Subscriptions:
         return [(self._schemas[schema], name) for schema, name in self._claims]
 
     async def close(self) -> None:
-        for task in self._starting.values():
-            task.cancel()
+        await cancel_and_wait(list(self._starting.values()))
         await asyncio.gather(*(tail.close() for tail in self._tails.values()))
 
     async def subscribe(
