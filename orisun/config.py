@@ -61,7 +61,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_PG_EMBEDDED_PORT", "0", "Port of the embedded PostgreSQL on 127.0.0.1 (0 = any free port)."),
     Variable("ORISUN_DATA_DIR", "/var/lib/orisun as root, else ~/.local/share/orisun; macOS "
              "~/Library/Application Support/orisun; Windows %LOCALAPPDATA%\\orisun",
-             "Where the embedded PostgreSQL and the NATS store live."),
+             "Where the embedded PostgreSQL, the NATS store and the executable's unpacked binaries live."),
     Variable("ORISUN_GRPC_HOST", "0.0.0.0", "Address the gRPC server listens on."),
     Variable("ORISUN_GRPC_PORT", "50051", "gRPC server port (0 = any free port, printed at start)."),
     Variable("ORISUN_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE),

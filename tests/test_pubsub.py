@@ -20,7 +20,6 @@ published before the ones awaited: once those have arrived, its absence is meani
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +34,16 @@ from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.model import Role
 from orisun.storage.embedded import EmbeddedPostgres
 from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
-from tests.support import ADMIN, GrpcurlStream, ServerThread, auth_metadata, grpcurl, running_server, wait_for
+from tests.support import (
+    ADMIN,
+    GrpcurlStream,
+    ServerThread,
+    StreamReader,
+    auth_metadata,
+    grpcurl,
+    running_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,11 +110,9 @@ def rpc_error(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     return raised.value.code(), raised.value.details() or ""
 
 
-class Subscriber:
-    """A SubscribeToPubSub call on its own channel (a separate client), read by a thread.
-
-    With ``pause_after`` the thread stops reading after that many messages until ``resume()``:
-    a slow consumer that leaves the rest in gRPC's buffers and flow-control window."""
+class Subscriber(StreamReader[pb.SubscribeResponse]):
+    """A SubscribeToPubSub call on its own channel (a separate client), read by a thread (see
+    StreamReader for ``pause_after``)."""
 
     def __init__(
         self,
@@ -119,72 +125,22 @@ class Subscriber:
     ) -> None:
         self.subject = subject
         self.consumer_name = consumer_name
-        self._channel = grpc.insecure_channel(server.address, options=options)
+        channel = grpc.insecure_channel(server.address, options=options)
         request = pb.SubscribeRequest(subject=subject, consumer_name=consumer_name)
-        self._call = pb_grpc.EventStoreStub(self._channel).SubscribeToPubSub(
-            request, metadata=auth_metadata(*auth), timeout=120
-        )
-        self._lock = threading.Lock()
-        self._messages: list[pb.Message] = []
-        self._pause_after = pause_after
-        self._resumed = threading.Event()
-        self._closing = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, name=f"subscriber-{consumer_name}", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                with self._lock:
-                    self._messages.append(response.message)
-                    count = len(self._messages)
-                if self._pause_after is not None and count >= self._pause_after:
-                    self._resumed.wait()
-        except grpc.RpcError as exc:
-            if not self._closing:
-                self.error = exc
-        else:
-            if not self._closing:
-                self.error = RuntimeError("the subscription ended without an error")
-
-    def resume(self) -> None:
-        self._pause_after = None
-        self._resumed.set()
-
-    def check(self) -> None:
-        """Fail the test at once if the subscription failed."""
-        if isinstance(self.error, grpc.RpcError):
-            raise AssertionError(f"subscription {self.consumer_name} on {self.subject} failed: "
-                                 f"{self.error.code()} {self.error.details()}")
-        if self.error is not None:
-            raise AssertionError(f"subscription {self.consumer_name} on {self.subject}: {self.error}")
+        call = pb_grpc.EventStoreStub(channel).SubscribeToPubSub(request, metadata=auth_metadata(*auth), timeout=120)
+        super().__init__(call, channel, f"subscription {consumer_name} on {subject}", pause_after=pause_after)
 
     @property
     def messages(self) -> list[pb.Message]:
-        with self._lock:
-            return list(self._messages)
+        return [response.message for response in self.items]
 
     def ids(self) -> list[str]:
         return [m.id for m in self.messages]
 
     def wait_for_ids(self, expected: Iterable[str], timeout: float = DELIVERY_TIMEOUT) -> None:
         wanted = set(expected)
-
-        def arrived() -> bool:
-            self.check()
-            return wanted <= set(self.ids())
-
-        wait_for(arrived, timeout, f"{len(wanted - set(self.ids()))} of {len(wanted)} messages "
-                                   f"to reach {self.consumer_name}")
-
-    def close(self) -> None:
-        """Cancel the call and drop the client (the client vanishes)."""
-        self._closing = True
-        self._call.cancel()
-        self._resumed.set()
-        self._thread.join(timeout=10)
-        self._channel.close()
+        self.wait_until(lambda items: wanted <= {r.message.id for r in items}, timeout,
+                        f"{len(wanted - set(self.ids()))} of {len(wanted)} messages")
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ from tests.support import (
     ADMIN,
     GrpcurlStream,
     ServerThread,
+    StreamReader,
     auth_metadata,
     grpcurl,
     running_server,
@@ -170,11 +171,9 @@ def assert_same_events(got: Sequence[pb.Event], expected: Sequence[pb.Event], wh
         assert g == e, f"{what}: event at {e.position.prepare_position} differs from GetEvents'"
 
 
-class Subscription:
-    """A SubscribeToEvents (or CatchUpSubscribeToEvents) call on its own channel, read by a thread.
-
-    With ``pause_after`` the thread stops reading after that many events until ``resume()``: a
-    slow client, leaving the rest to gRPC flow control and the server."""
+class Subscription(StreamReader[pb.Event]):
+    """A SubscribeToEvents (or CatchUpSubscribeToEvents) call on its own channel, read by a thread
+    (see StreamReader for ``pause_after``)."""
 
     def __init__(
         self,
@@ -189,79 +188,27 @@ class Subscription:
         pause_after: int | None = None,
         options: list[tuple[str, Any]] | None = None,
     ) -> None:
-        self.label = f"{rpc}({boundary}, name={name!r})"
-        self._channel = grpc.insecure_channel(server.address, options=options)
+        channel = grpc.insecure_channel(server.address, options=options)
         request = pb.CatchUpSubscribeToEventStoreRequest(boundary=boundary, query=q, position=position,
                                                          subscriber_name=name)
-        method = getattr(pb_grpc.EventStoreStub(self._channel), rpc)
-        self._call = method(request, metadata=auth_metadata(*auth), timeout=110)
-        self._lock = threading.Lock()
-        self._events: list[pb.Event] = []
-        self._pause_after = pause_after
-        self._resumed = threading.Event()
-        self._closing = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, name=f"subscription-{boundary}", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for event in self._call:
-                with self._lock:
-                    self._events.append(event)
-                    count = len(self._events)
-                if self._pause_after is not None and count >= self._pause_after:
-                    self._resumed.wait()
-        except grpc.RpcError as exc:
-            if not self._closing:
-                self.error = exc
-        else:
-            if not self._closing:
-                self.error = RuntimeError("the subscription ended without an error")
+        method = getattr(pb_grpc.EventStoreStub(channel), rpc)
+        call = method(request, metadata=auth_metadata(*auth), timeout=110)
+        super().__init__(call, channel, f"{rpc}({boundary}, name={name!r})", pause_after=pause_after)
 
     @property
     def events(self) -> list[pb.Event]:
-        with self._lock:
-            return list(self._events)
+        return self.items
 
     def positions(self) -> list[int]:
         return prepares(self.events)
 
-    def check(self) -> None:
-        """Fail at once if the call ended."""
-        if isinstance(self.error, grpc.RpcError):
-            raise AssertionError(f"{self.label} failed: {self.error.code()} {self.error.details()}")
-        if self.error is not None:
-            raise AssertionError(f"{self.label}: {self.error}")
-
     def wait_for_count(self, count: int, timeout: float = DELIVERY_TIMEOUT) -> None:
-        def arrived() -> bool:
-            self.check()
-            return len(self.events) >= count
-
-        wait_for(arrived, timeout, f"{count} events on {self.label} (has {len(self.events)})")
+        self.wait_until(lambda events: len(events) >= count, timeout, f"{count} events (has {len(self.events)})")
 
     def wait_for_position(self, prepare: int, timeout: float = DELIVERY_TIMEOUT) -> None:
         """Until the event at ``prepare`` (or a later one) has arrived."""
-
-        def arrived() -> bool:
-            self.check()
-            return max(self.positions(), default=0) >= prepare
-
-        wait_for(arrived, timeout, f"position {prepare} on {self.label} (at {max(self.positions(), default=0)})")
-
-    def resume(self) -> None:
-        self._pause_after = None
-        self._resumed.set()
-
-    def close(self) -> None:
-        """Cancel the call (the client goes away) and join the reader."""
-        self._closing = True
-        self._call.cancel()
-        self._resumed.set()
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive(), f"the reader of {self.label} did not end"
-        self._channel.close()
+        self.wait_until(lambda events: max(prepares(events), default=0) >= prepare, timeout,
+                        f"position {prepare} (at {max(self.positions(), default=0)})")
 
 
 @pytest.fixture

