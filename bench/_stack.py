@@ -63,6 +63,7 @@ def stack(boundary: str) -> Iterator[Stack]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
     env.update(ORISUN_DATA_DIR=str(base / "data"), ORISUN_GRPC_PORT=str(port), ORISUN_NATS_PORT=str(free_port()),
+               ORISUN_ADMIN_PORT="0",
                ORISUN_PG_HOST="127.0.0.1", ORISUN_PG_PORT=str(params["port"]), ORISUN_PG_USER=str(params["user"]),
                ORISUN_PG_PASSWORD=str(params["password"]), ORISUN_PG_NAME=str(params["dbname"]),
                ORISUN_PG_SCHEMAS=boundary, ORISUN_LOGGING_LEVEL=os.environ.get("BENCH_SERVER_LOG", "ERROR"))

@@ -77,6 +77,7 @@ def start_once(command: list[str], data_dir: Path, idle: float = 0.0) -> tuple[f
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
     env.update(ORISUN_DATA_DIR=str(data_dir), ORISUN_GRPC_PORT=str(port), ORISUN_NATS_PORT=str(free_port()),
+               ORISUN_ADMIN_PORT="0",
                ORISUN_LOGGING_LEVEL="WARNING")
     began = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,15 +21,18 @@ from typing import Any
 from loguru import logger
 from nats.aio.client import Client as NatsClient
 
+from orisun import __version__
 from orisun.aio import cancel_and_wait
 from orisun.bundle import unpack_bundled_binaries
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
+from orisun.dashboard import Dashboard
 from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.messaging.pubsub import PubSub
 from orisun.model import Event
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
+from orisun.service.monitor import Monitor
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
@@ -63,6 +66,8 @@ class Orisun:
         self.feed: LiveFeed | None = None
         self.subscriptions: Subscriptions | None = None
         self.grpc: GrpcServer | None = None
+        self.monitor: Monitor | None = None
+        self.dashboard: Dashboard | None = None
         self._run_dir: Path | None = None
         self._listener: asyncio.Task[None] | None = None
         self._appended_listener: asyncio.Task[None] | None = None
@@ -72,6 +77,10 @@ class Orisun:
     @property
     def grpc_port(self) -> int:
         return self.grpc.port if self.grpc else 0
+
+    @property
+    def dashboard_port(self) -> int:
+        return self.dashboard.port if self.dashboard else 0
 
     async def start(self) -> None:
         """Start every part; on failure, stop what started and re-raise."""
@@ -161,16 +170,24 @@ class Orisun:
 
         pubsub = PubSub(self.nats_client, retention=s.pubsub_retention, ack_wait=s.pubsub_ack_wait)
         await pubsub.setup()
+        pubsub_service = PubSubService(pubsub, max_payload=s.nats_max_payload)
         self.grpc = GrpcServer(
             self.users,
             self.events,
             self.subscriptions,
-            PubSubService(pubsub, max_payload=s.nats_max_payload),
+            pubsub_service,
             host=s.grpc_host,
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,
         )
         await self.grpc.start()
+
+        self.monitor = Monitor(self.db, self.nats_client, self.subscriptions)
+        self.monitor.start()
+        self.dashboard = Dashboard(users=self.users, events=self.events, subscriptions=self.subscriptions,
+                                   pubsub=pubsub_service, monitor=self.monitor, version=__version__,
+                                   host=s.grpc_host, port=s.admin_port)
+        await self.dashboard.start()
 
     def _wrote(self, schema: str, events: list[Event]) -> None:
         """This node's writer committed ``events`` (in position order)."""
@@ -227,6 +244,10 @@ class Orisun:
         if self._stopped:
             return
         self._stopped = True
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+        if self.monitor is not None:
+            await self.monitor.close()
         if self.grpc is not None:
             logger.info("Stopping: draining in-flight calls (up to {:g}s)", self.settings.shutdown_timeout)
             await self.grpc.stop(self.settings.shutdown_timeout)

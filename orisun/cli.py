@@ -96,6 +96,7 @@ def _announce(app: Orisun) -> None:
     boundaries = ", ".join(s.boundaries)
     logger.info("Orisun {} serving gRPC on {}:{}; boundaries: {}", __version__, s.grpc_host, port, boundaries)
     logger.info("Try: grpcurl -plaintext -H 'Authorization: Basic {}' localhost:{} list", token, port)
+    logger.info("Admin dashboard on http://localhost:{}/ (log in as {!r})", app.dashboard_port, s.admin_username)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ VARIABLES: tuple[Variable, ...] = (
              "when missing."),
     Variable("ORISUN_ADMIN_USERNAME", "admin", "Admin user created on first start."),
     Variable("ORISUN_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, "Password of that admin user (change it!)."),
-    Variable("ORISUN_ADMIN_PORT", "8991", "Admin dashboard port."),
+    Variable("ORISUN_ADMIN_PORT", "8991",
+             "Admin dashboard port, on ORISUN_GRPC_HOST (0 = any free port, printed at start)."),
     Variable("ORISUN_LOGGING_LEVEL", "INFO", "Log level: " + ", ".join(_LOG_LEVELS) + "."),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}

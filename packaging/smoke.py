@@ -6,8 +6,9 @@ Starts the executable on its embedded default (only the data dir, the ports, a b
 TMPDIR are set; any ORISUN_PG_* in the environment is passed on, for platforms without an
 embedded PostgreSQL), waits until gRPC health says SERVING, saves two events and reads them
 back, stops it as a user would (SIGTERM; Ctrl-Break on Windows) and expects exit status 0, then
-starts it again and reads back the same events. Checks that the executable's unpack folder is
-gone after each stop. Prints the time to SERVING of both starts. Exit status 0 when all is well.
+starts it again and reads back the same events. Checks that the admin dashboard serves its
+login page, and that the executable's unpack folder is gone after each stop. Prints the time to
+SERVING of both starts. Exit status 0 when all is well.
 
 Needs the orisun package installed (for the generated gRPC code): pip install -e '.[dev]'.
 """
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -106,6 +108,7 @@ def smoke(executable: Path, work: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_") or k.startswith("ORISUN_PG_")}
     env.update(
         ORISUN_DATA_DIR=str(work / "data"), ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()),
+        ORISUN_ADMIN_PORT=str(free_port()),
         ORISUN_PG_SCHEMAS=BOUNDARY, TMPDIR=str(tmpdir), TMP=str(tmpdir), TEMP=str(tmpdir),
     )
     address = f"127.0.0.1:{env['ORISUN_GRPC_PORT']}"
@@ -123,6 +126,10 @@ def smoke(executable: Path, work: Path) -> None:
                     ),
                     metadata=AUTH, timeout=30,
                 )
+            dashboard = f"http://127.0.0.1:{env['ORISUN_ADMIN_PORT']}/login"
+            with urllib.request.urlopen(dashboard, timeout=30) as page:
+                if page.status != 200 or b"<html" not in page.read().lower():
+                    raise Failure(f"the admin dashboard's login page at {dashboard} did not answer")
             saved = read_back(address)
             if [event_id for event_id, _, _ in saved] != ids:
                 raise Failure(f"read back {saved}, expected the events {ids}")

@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,27 @@ import pytest
 from orisun.storage.embedded import EmbeddedPostgres
 from tests.support import LoopThread, ServerThread, fresh_database, server_settings, shared_tmpdir
 
+CHROMIUM = Path("/usr/bin/chromium")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the executable's tests (marked ``executable``) after all others: they build it first,
     which takes a minute, and should only be paid for once the rest is known to pass."""
     items.sort(key=lambda item: item.get_closest_marker("executable") is not None)  # stable sort
+    if any(item.get_closest_marker("browser") for item in items):
+        _install_chromium()
+
+
+def _install_chromium() -> None:
+    """The browser tests drive Debian's Chromium. As root on Debian, install it when missing (as
+    .ci/run does), here rather than in a test, whose timeout a download could exceed; elsewhere
+    the tests fail saying how to install it."""
+    if CHROMIUM.exists() or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    print(f"\n{CHROMIUM} is missing: installing Debian's chromium for the browser tests (apt-get)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=False, timeout=900)
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ def server_settings(data_dir: Path, pg_conninfo: str | None, **overrides: Any) -
         grpc_host="127.0.0.1",
         grpc_port=0,
         nats_port=0,
+        admin_port=0,
         shutdown_timeout=5.0,
         pg_startup_timeout=15.0,
     )
@@ -125,6 +126,10 @@ class ServerThread:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.app.grpc_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.app.dashboard_port}"
 
     @contextmanager
     def channel(self) -> Iterator[grpc.Channel]:

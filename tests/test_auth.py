@@ -49,8 +49,12 @@ def test_correct_credentials_pass(server: ServerThread) -> None:
         ([("authorization", "Basic bm9jb2xvbg==")], "username:password"),  # "nocolon"
         (auth_metadata("admin", "wrong"), "invalid username or password"),
         (auth_metadata("nobody-here", "changeit"), "invalid username or password"),
+        # Text PostgreSQL cannot hold: no such user can exist (not an INTERNAL error).
+        (auth_metadata("ad\x00min", "changeit"), "invalid username or password"),
+        (auth_metadata("admin", "change\x00it"), "invalid username or password"),
     ],
-    ids=["no-header", "other-scheme", "bad-base64", "no-colon", "wrong-password", "unknown-user"],
+    ids=["no-header", "other-scheme", "bad-base64", "no-colon", "wrong-password", "unknown-user", "nul-username",
+         "nul-password"],
 )
 def test_bad_credentials_are_unauthenticated(
     server: ServerThread, metadata: list[tuple[str, str]] | None, hint: str

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -303,7 +304,8 @@ def test_version_and_help_match_the_orisun_command(executable: Path, option: str
 def test_no_configuration_runs_the_embedded_default_as_an_unprivileged_user(
     executable: Path, launch: Launch, scratch: Path
 ) -> None:
-    for host, port, variable in (("0.0.0.0", 50051, "ORISUN_GRPC_PORT"), ("127.0.0.1", 4222, "ORISUN_NATS_PORT")):
+    for host, port, variable in (("0.0.0.0", 50051, "ORISUN_GRPC_PORT"), ("127.0.0.1", 4222, "ORISUN_NATS_PORT"),
+                                 ("0.0.0.0", 8991, "ORISUN_ADMIN_PORT")):
         if port_in_use(host, port):
             pytest.skip(f"port {port} (the default {variable}) is in use on this machine")
     exe = make_dir(scratch / "bin") / NAME
@@ -316,6 +318,9 @@ def test_no_configuration_runs_the_embedded_default_as_an_unprivileged_user(
     output = process.output()
     assert "serving gRPC on 0.0.0.0:50051" in output, process.tail()
     assert "NATS JetStream listening on nats://127.0.0.1:4222" in output, process.tail()
+    assert "Admin dashboard on http://localhost:8991/" in output, process.tail()
+    with urllib.request.urlopen("http://127.0.0.1:8991/login", timeout=10) as login_page:  # served from the bundle
+        assert login_page.status == 200 and b"<html" in login_page.read().lower()
     data_dir = home / ".local" / "share" / "orisun"
     assert (data_dir / "postgres").is_dir() and any((data_dir / "bin").iterdir()), process.tail()
 
@@ -382,7 +387,7 @@ def test_standalone_mode_serves_the_brief_examples_and_keeps_events_across_resta
         tmpdir = make_dir(scratch / "tmp")
         # The brief's Standalone Mode, in its order; ORISUN_DATA_DIR keeps the NATS store in the test's dir.
         env = user_env(Path.home(), tmpdir, **pg_env(conninfo), ORISUN_PG_SCHEMAS=SCHEMAS,
-                       ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()),
+                       ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
                        ORISUN_DATA_DIR=str(make_dir(scratch / "data")))
         first = launch(executable, env)
         first.wait_serving()
@@ -434,7 +439,7 @@ def test_clustered_mode_command_line_starts_and_serves(
         tmpdir = make_dir(scratch / "tmp")
         env = user_env(
             Path.home(), tmpdir, **pg_env(conninfo), ORISUN_PG_SCHEMAS="public",
-            ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()),
+            ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
             ORISUN_NATS_CLUSTER_ENABLED="true", ORISUN_NATS_CLUSTER_NAME="orisun-cluster",
             ORISUN_NATS_CLUSTER_HOST="localhost", ORISUN_NATS_CLUSTER_PORT=cluster_port,
             ORISUN_NATS_CLUSTER_USERNAME="nats", ORISUN_NATS_CLUSTER_PASSWORD="your_cluster_password",
@@ -460,7 +465,7 @@ def test_ctrl_c_to_the_process_group_stops_cleanly(executable: Path, launch: Lau
     """As root with ORISUN_DATA_DIR and the embedded PostgreSQL (which then runs as nobody)."""
     tmpdir, data_dir = make_dir(scratch / "tmp"), make_dir(scratch / "data")
     env = user_env(Path.home(), tmpdir, ORISUN_DATA_DIR=str(data_dir), ORISUN_GRPC_PORT=str(free_port()),
-                   ORISUN_NATS_PORT=str(free_port()))
+                   ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0")
     process = launch(executable, env, new_session=True)
     process.wait_serving()
     body, _ = save_body("orisun_admin", "ctrl-c", ["Pinged"])
@@ -481,7 +486,7 @@ def test_sigkill_of_the_executable_stops_orisun_and_its_children(
     child. A SIGKILL there cannot be forwarded: Orisun must notice and stop by itself, cleanly."""
     tmpdir, data_dir = make_dir(scratch / "tmp"), make_dir(scratch / "data")
     env = user_env(Path.home(), tmpdir, ORISUN_DATA_DIR=str(data_dir), ORISUN_GRPC_PORT=str(free_port()),
-                   ORISUN_NATS_PORT=str(free_port()))
+                   ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0")
     process = launch(executable, env)
     process.wait_serving()
     body, ids = save_body("orisun_admin", "sigkill", ["Pinged"])

@@ -109,7 +109,8 @@ def test_embedded_default_serves_stops_cleanly_and_keeps_its_data(
 ) -> None:
     grpc_port = free_port()
     # Nothing configured but where to keep data and which ports to use on this shared machine.
-    env = {"ORISUN_DATA_DIR": str(data_dir), "ORISUN_GRPC_PORT": str(grpc_port), "ORISUN_NATS_PORT": str(free_port())}
+    env = {"ORISUN_DATA_DIR": str(data_dir), "ORISUN_GRPC_PORT": str(grpc_port), "ORISUN_NATS_PORT": str(free_port()),
+           "ORISUN_ADMIN_PORT": "0"}
     first = run(processes, env)
     first.wait_serving()
     assert "default password" in first.output  # the loud warning
@@ -135,7 +136,7 @@ def test_embedded_default_serves_stops_cleanly_and_keeps_its_data(
     wait_for(lambda: not any(alive(pid) for pid in children), 10, "the children to be gone")
     assert "Orisun stopped" in first.output
 
-    second = run(processes, {**env, "ORISUN_NATS_PORT": str(free_port())})
+    second = run(processes, {**env, "ORISUN_NATS_PORT": str(free_port()), "ORISUN_ADMIN_PORT": "0"})
     second.wait_serving()
     match = re.search(r"Embedded PostgreSQL listening on 127\.0\.0\.1:(\d+)", second.output)
     assert match
@@ -153,7 +154,7 @@ def test_unreachable_postgres_exits_1_with_a_clear_message(processes: list[Orisu
         {
             "ORISUN_DATA_DIR": str(data_dir),
             "ORISUN_GRPC_PORT": str(free_port()),
-            "ORISUN_NATS_PORT": str(free_port()),
+            "ORISUN_NATS_PORT": str(free_port()), "ORISUN_ADMIN_PORT": "0",
             "ORISUN_PG_HOST": "127.0.0.1",
             "ORISUN_PG_PORT": str(free_port()),
             "ORISUN_PG_STARTUP_TIMEOUT": "2s",
@@ -177,7 +178,7 @@ def test_a_port_in_use_exits_1_naming_the_variable(
             "ORISUN_DATA_DIR": str(data_dir),
             "ORISUN_GRPC_HOST": "127.0.0.1",
             "ORISUN_GRPC_PORT": str(free_port()),
-            "ORISUN_NATS_PORT": str(free_port()),
+            "ORISUN_NATS_PORT": str(free_port()), "ORISUN_ADMIN_PORT": "0",
             "ORISUN_PG_HOST": str(params["host"]),
             "ORISUN_PG_PORT": str(params["port"]),
             "ORISUN_PG_USER": str(params["user"]),
@@ -226,7 +227,7 @@ def test_a_child_that_keeps_dying_stops_orisun_with_status_1(
     params = psycopg.conninfo.conninfo_to_dict(database)
     process = run(processes, {
         "ORISUN_DATA_DIR": str(data_dir), "ORISUN_GRPC_HOST": "127.0.0.1", "ORISUN_GRPC_PORT": str(free_port()),
-        "ORISUN_NATS_PORT": str(free_port()), "ORISUN_PG_HOST": str(params["host"]),
+        "ORISUN_NATS_PORT": str(free_port()), "ORISUN_ADMIN_PORT": "0", "ORISUN_PG_HOST": str(params["host"]),
         "ORISUN_PG_PORT": str(params["port"]), "ORISUN_PG_USER": str(params["user"]),
         "ORISUN_PG_PASSWORD": str(params["password"]), "ORISUN_PG_NAME": str(params["dbname"]),
     })

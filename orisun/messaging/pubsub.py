@@ -41,6 +41,21 @@ def durable_name(consumer_name: str, subject: str) -> str:
     return f"{consumer_name}_{hashlib.sha256(subject.encode()).hexdigest()[:12]}"
 
 
+_DIGEST_SUFFIX = 13  # "_" and the 12 hex digits durable_name appends
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    """A pub/sub consumer as JetStream sees it, for the dashboard."""
+
+    stream: str
+    subject: str
+    consumer_name: str
+    pending: int  # messages not yet delivered to it
+    ack_pending: int  # delivered, not yet acknowledged
+    redelivered: int
+
+
 class PubSub:
     def __init__(self, client: Client, *, retention: float, ack_wait: float) -> None:
         self._js = client.jetstream()
@@ -55,6 +70,25 @@ class PubSub:
             await self._js.add_stream(config)
         except nats.js.errors.BadRequestError:
             await self._js.update_stream(config)
+
+    async def consumers(self) -> list[ConsumerStatus]:
+        """Every pub/sub consumer (of every node sharing this NATS), by subject and name."""
+        try:
+            infos = await self._js.consumers_info(STREAM)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"NATS is unavailable ({exc}); retry") from exc
+        found = [
+            ConsumerStatus(
+                stream=STREAM,
+                subject=(info.config.filter_subject or "").removeprefix(PREFIX),
+                consumer_name=info.name[:-_DIGEST_SUFFIX] if len(info.name) > _DIGEST_SUFFIX else info.name,
+                pending=info.num_pending or 0,
+                ack_pending=info.num_ack_pending or 0,
+                redelivered=info.num_redelivered or 0,
+            )
+            for info in infos
+        ]
+        return sorted(found, key=lambda each: (each.subject, each.consumer_name))
 
     async def publish(self, message: PubSubMessage) -> None:
         body = json.dumps({"id": message.id, "data": message.data, "metadata": message.metadata}).encode()

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncGenerator
 
 from orisun.errors import InvalidArgument, PermissionDenied
-from orisun.messaging.pubsub import PubSub, PubSubMessage
+from orisun.messaging.pubsub import ConsumerStatus, PubSub, PubSubMessage
 from orisun.model import User
 
 _TOKEN = r"[A-Za-z0-9_-]+"
@@ -29,6 +29,10 @@ class PubSubService:
     def __init__(self, pubsub: PubSub, *, max_payload: int) -> None:
         self._pubsub = pubsub
         self._max_payload = max_payload
+
+    async def consumers(self) -> list[ConsumerStatus]:
+        """Every pub/sub consumer with its pending counts (any user may look)."""
+        return await self._pubsub.consumers()
 
     async def publish(self, user: User, message: PubSubMessage) -> PubSubMessage:
         if not user.can_write:

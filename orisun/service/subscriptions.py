@@ -20,6 +20,7 @@ NATS is away.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 import time
@@ -239,6 +240,16 @@ def _size(event: Event) -> int:
 class _Claim:
     generation: int
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    position: Position | None = None  # of the last event handed to the subscriber
+
+
+@dataclass(frozen=True)
+class NamedSubscription:
+    """A named subscription this node serves, for the dashboard."""
+
+    boundary: str
+    subscriber_name: str
+    position: Position | None  # of the last event handed over; None before the first
 
 
 class Subscriptions:
@@ -263,6 +274,7 @@ class Subscriptions:
         self._tails: dict[str, Tail] = {}
         self._starting: dict[str, asyncio.Task[Tail]] = {}
         self._claims: dict[tuple[str, str], _Claim] = {}
+        self._live: collections.Counter[str] = collections.Counter()  # open subscriptions per boundary
         self._schemas: Mapping[str, str] = {schema: boundary for boundary, schema in db.boundaries.items()}
 
     def committed(self, schema: str, head: int | None, events: list[Event] | None = None) -> None:
@@ -277,9 +289,17 @@ class Subscriptions:
         for claim in self._claims.values():
             claim.lost.set()
 
-    def active(self) -> list[tuple[str, str]]:
-        """(boundary, subscriber_name) of the named subscriptions this node serves."""
-        return [(self._schemas[schema], name) for schema, name in self._claims]
+    def active(self) -> list[NamedSubscription]:
+        """The named subscriptions this node serves, by boundary and name."""
+        return sorted(
+            (NamedSubscription(self._schemas[schema], name, claim.position)
+             for (schema, name), claim in self._claims.items()),
+            key=lambda each: (each.boundary, each.subscriber_name),
+        )
+
+    def live(self) -> dict[str, int]:
+        """How many subscriptions (named or not) this node serves, per boundary."""
+        return {boundary: self._live[boundary] for boundary in self._db.boundaries}
 
     async def close(self) -> None:
         await cancel_and_wait(list(self._starting.values()))
@@ -297,6 +317,7 @@ class Subscriptions:
         after = after or Position(0, 0)
         query = narrowing(query)
         claim = await self._claim(schema, boundary, name) if name else None
+        self._live[boundary] += 1
         try:
             tail = await self._tail(boundary, schema)
             lost = [claim.lost] if claim else []
@@ -308,6 +329,8 @@ class Subscriptions:
                     page, through = await read_range(self._db, schema, Position(after.commit, cursor), upto, query,
                                                      PAGE)
                     for event in page:
+                        if claim is not None:
+                            claim.position = event.position
                         yield event
                     cursor = through
                 # 2. Live from the tail, until this subscriber falls behind it.
@@ -322,11 +345,14 @@ class Subscriptions:
                             continue
                         for event in events:
                             if (event.position > after) and (query is None or matches(query, event)):
+                                if claim is not None:
+                                    claim.position = event.position
                                 yield event
                             cursor = event.position.prepare
                 except FellBehind:
                     continue
         finally:
+            self._live[boundary] -= 1
             if claim is not None:
                 await self._release(schema, name, claim)
 

@@ -14,6 +14,7 @@ from loguru import logger
 from orisun.config import DEFAULT_ADMIN_PASSWORD
 from orisun.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from orisun.model import Role, User
+from orisun.service import validation
 from orisun.storage.users import UserRecord, UserStore
 
 _MAX_PASSWORD_BYTES = 1024
@@ -68,6 +69,8 @@ class Users:
         if cached is not None and hmac.compare_digest(cached[1], digest):
             return cached[0]
         generation = self._generation
+        if not (validation.is_storable(username) and validation.is_storable(password)):
+            raise Unauthenticated("invalid username or password")  # no such user can exist
         record = await self._store.get(username)
         if record is None or len(password.encode()) > _MAX_PASSWORD_BYTES:
             raise Unauthenticated("invalid username or password")
@@ -103,11 +106,18 @@ class Users:
             self._verify, record.password_hash, DEFAULT_ADMIN_PASSWORD
         )
 
+    async def get(self, username: str) -> User | None:
+        """The user as stored now (for sessions that outlive a password check), or None."""
+        record = await self._store.get(username)
+        return _to_user(record) if record is not None else None
+
     async def list(self) -> list[User]:
         return [_to_user(r) for r in await self._store.list()]
 
     async def create(self, name: str, username: str, password: str, roles: Iterable[str]) -> User:
         validated = _validate_roles(roles)
+        validation.check_storable("name", name)
+        validation.check_storable("username", username)
         if not username.strip():
             raise InvalidArgument("username must not be empty")
         if ":" in username:
@@ -133,6 +143,7 @@ class Users:
 
 
 def _validate_password(password: str) -> None:
+    validation.check_storable("password", password)
     if not password:
         raise InvalidArgument("password must not be empty")
     if len(password.encode()) > _MAX_PASSWORD_BYTES:
@@ -145,5 +156,5 @@ def _validate_roles(roles: Iterable[str]) -> list[Role]:
         try:
             result.append(Role(role))
         except ValueError:
-            raise InvalidArgument(f"role {role!r} is not one of {', '.join(Role)}") from None
+            raise InvalidArgument(f"roles: {role!r} is not one of {', '.join(Role)}") from None
     return result

@@ -50,6 +50,22 @@ def _text(field: str, value: str, *, max_bytes: int, required: bool = True) -> i
     return size
 
 
+def is_storable(value: str) -> bool:
+    """Whether PostgreSQL can store ``value`` as text: no NUL, and valid UTF-8 (no lone surrogate)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_storable(field: str, value: str) -> None:
+    if not is_storable(value):
+        _fail(field, "must be text without NUL characters or lone surrogates")
+
+
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 

@@ -1,0 +1,455 @@
+"""The admin dashboard's HTTP server (aiohttp, in Orisun's event loop): pages, JSON API, live tail.
+
+The HTTP API is documented in docs/dashboard.md. Like the gRPC transport, this layer only
+converts: requests to calls of the core (orisun.service), answers to JSON, and Orisun's errors to
+HTTP statuses (``_STATUS``, the one place). The security rules sit in the middlewares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import math
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from orisun.dashboard._convert import event_json, read_request, stream_filter, tail_query, user_json
+from orisun.dashboard._sessions import LoginThrottle, Session, Sessions, csrf_ok
+from orisun.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    OrisunError,
+    PermissionDenied,
+    StartupError,
+    Unauthenticated,
+    Unavailable,
+)
+from orisun.model import Position, Role, User
+from orisun.service.events import EventStore
+from orisun.service.monitor import Monitor
+from orisun.service.pubsub import PubSubService
+from orisun.service.subscriptions import Subscriptions
+from orisun.service.users import Users
+
+COOKIE = "orisun_session"
+CSRF_HEADER = "X-CSRF-Token"
+KEEPALIVE = 15.0  # seconds between comments on a quiet live tail, so proxies keep it open
+DISCONNECT_CHECK = 1.0  # seconds between checks that a quiet live tail's client is still there
+STATIC = Path(str(resources.files("orisun.dashboard").joinpath("static")))
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Answer without a session: the login page and its assets, and the login itself.
+_PUBLIC = frozenset({("GET", "/login"), ("HEAD", "/login"), ("POST", "/api/login")})
+_STATUS: dict[type[OrisunError], int] = {
+    InvalidArgument: 400,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    NotFound: 404,
+    AlreadyExists: 409,
+    Unavailable: 503,
+}
+_SECURITY_HEADERS = {
+    # No inline script or style, nothing from elsewhere: the pages load only their own assets.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What the authentication middleware stores on a request for the handlers.
+SESSION_ID = web.RequestKey("session_id", str)
+SESSION = web.RequestKey("session", Session)
+USER = web.RequestKey("user", User)
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+def _field_of(message: str) -> str | None:
+    """The field an InvalidArgument message is about: the core starts its messages with it."""
+    head = message.split(":", 1)[0].split(" ", 1)[0]
+    return head if head.isidentifier() else None
+
+
+class Dashboard:
+    """The admin dashboard of one node. ``sessions`` and ``throttle`` hold the security state."""
+
+    def __init__(
+        self,
+        *,
+        users: Users,
+        events: EventStore,
+        subscriptions: Subscriptions,
+        pubsub: PubSubService,
+        monitor: Monitor,
+        version: str,
+        host: str,
+        port: int,
+    ) -> None:
+        self.users = users
+        self.events = events
+        self.subscriptions = subscriptions
+        self.pubsub = pubsub
+        self.monitor = monitor
+        self.version = version
+        self.host = host
+        self.port = port
+        self.sessions = Sessions()
+        self.throttle = LoginThrottle()
+        self._runner: web.AppRunner | None = None
+        self._tails: set[asyncio.Task[Any]] = set()
+        self.app = self._build()
+
+    # --- Lifecycle ---------------------------------------------------------------------------
+
+    def _build(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._authenticate, self._forgery])
+        app.on_response_prepare.append(self._headers)
+        r = app.router
+        r.add_get("/", self._page("index.html"))
+        r.add_get("/login", self._page("login.html"))
+        r.add_static("/static", STATIC, follow_symlinks=False)
+        r.add_post("/api/login", self.login)
+        r.add_post("/api/logout", self.logout)
+        r.add_get("/api/session", self.session)
+        r.add_get("/api/overview", self.overview)
+        r.add_get("/api/boundaries/{boundary}/events", self.list_events)
+        r.add_get("/api/boundaries/{boundary}/streams", self.list_streams)
+        r.add_get("/api/boundaries/{boundary}/tail", self.tail)
+        r.add_get("/api/subscriptions", self.list_subscriptions)
+        r.add_get("/api/users", self.list_users)
+        r.add_post("/api/users", self.create_user)
+        r.add_post("/api/users/{username}/password", self.change_password)
+        r.add_delete("/api/users/{username}", self.delete_user)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"ORISUN_ADMIN_PORT: port {self.port} on {self.host} is already in use") from None
+            raise StartupError(f"ORISUN_ADMIN_PORT: cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+        self.port = int(self._runner.addresses[0][1])  # the port picked when it was 0
+
+    async def stop(self) -> None:
+        # Live tails never end on their own: end them first, or the runner waits for them.
+        for task in list(self._tails):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- Middlewares -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Orisun's errors as statuses with their message; anything else is a fault, logged with an
+        incident id that the answer carries instead of the details."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if request.path.startswith("/api/") and exc.status >= 400:
+                return _error(exc.status, exc.reason)
+            raise
+        except InvalidArgument as exc:
+            return _error(400, str(exc), _field_of(str(exc)))
+        except OrisunError as exc:
+            return _error(_STATUS.get(type(exc), 500), str(exc))
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("Dashboard: {} {} failed, incident {}", request.method, request.path, incident)
+            return _error(500, f"internal error (incident {incident}); the details are in the server log")
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (request.method, request.path) in _PUBLIC or request.path.startswith("/static/"):
+            return await handler(request)
+        session_id = request.cookies.get(COOKIE)
+        session = self.sessions.get(session_id)
+        user = await self.users.get(session.username) if session is not None else None
+        if session is None or user is None or session_id is None:
+            if session_id is not None:
+                self.sessions.end(session_id)
+            if request.path.startswith("/api/"):
+                return _error(401, "log in first: no valid session")
+            raise web.HTTPSeeOther("/login")
+        request[SESSION_ID], request[SESSION], request[USER] = session_id, session, user
+        return await handler(request)
+
+    @web.middleware
+    async def _forgery(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Cross-site request forgery: state changes need JSON, our own Origin, and the session's
+        token (except the login, which has no session yet)."""
+        if request.method in _SAFE_METHODS:
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            return _error(403, f"Origin {origin!r} is not this dashboard")
+        if request.content_type != "application/json":
+            return _error(415, "Content-Type: must be application/json")
+        session = request.get(SESSION)
+        if session is not None and not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+            return _error(403, f"{CSRF_HEADER}: missing or wrong; reload the page")
+        return await handler(request)
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(_SECURITY_HEADERS)
+        if request.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+
+    # --- Pages -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _page(name: str) -> Handler:
+        async def page(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
+
+        return page
+
+    # --- Session -----------------------------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        username, password = _text(body, "username"), _text(body, "password")
+        address = request.remote or "unknown"
+        wait = self.throttle.wait(username, address)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            response = _error(429, f"too many failed logins: try again in {seconds} s")
+            response.headers["Retry-After"] = str(seconds)
+            return response
+        try:
+            user = await self.users.authenticate(username, password)
+        except Unauthenticated:
+            self.throttle.failed(username, address)
+            logger.warning("Dashboard: failed login for {!r} from {}", username, address)
+            return _error(401, "invalid username or password")
+        self.throttle.succeeded(username)
+        session_id, session = self.sessions.create(user.username)
+        response = web.json_response({**self._who(user), "csrf_token": session.csrf_token})
+        response.set_cookie(COOKIE, session_id, httponly=True, samesite="Strict", path="/", secure=request.secure,
+                            max_age=int(self.sessions.absolute_timeout))
+        logger.info("Dashboard: {!r} logged in from {}", user.username, address)
+        return response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        self.sessions.end(request[SESSION_ID])
+        response = web.Response(status=204)
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    async def session(self, request: web.Request) -> web.StreamResponse:
+        user = request[USER]
+        return web.json_response({**self._who(user), "csrf_token": request[SESSION].csrf_token,
+                                  "version": self.version})
+
+    @staticmethod
+    def _who(user: User) -> dict[str, Any]:
+        return {"username": user.username, "name": user.name, "roles": sorted(user.roles)}
+
+    # --- Monitoring --------------------------------------------------------------------------
+
+    async def overview(self, request: web.Request) -> web.StreamResponse:
+        o = await self.monitor.overview()
+
+        def health(h: Any) -> dict[str, Any]:
+            latency = round(h.latency * 1000, 2) if h.latency is not None else None
+            return {"ok": h.ok, "latency_ms": latency, "error": h.error, **({"url": h.url} if h.url else {})}
+
+        return web.json_response({
+            "version": self.version,
+            "started_at": o.started_at.isoformat(),
+            "uptime_seconds": round(o.uptime, 1),
+            "postgres": health(o.postgres),
+            "nats": health(o.nats),
+            "boundaries": [
+                {"boundary": b.boundary, "schema": b.schema, "head": b.head, "events": b.head, "streams": b.streams,
+                 "subscribers": b.subscribers,
+                 "write_rate": [{"t": p.at.isoformat(), "events_per_second": round(p.events_per_second, 2)}
+                                for p in b.write_rate]}
+                for b in o.boundaries
+            ],
+        })
+
+    async def list_events(self, request: web.Request) -> web.StreamResponse:
+        read = read_request(request.match_info["boundary"], request.query)
+        events = await self.events.read(request[USER], read)
+        cursors = [f"{e.position.commit}:{e.position.prepare}" for e in events]
+        return web.json_response({"events": [event_json(e) for e in events],
+                                  "first": cursors[0] if cursors else None, "last": cursors[-1] if cursors else None})
+
+    async def list_streams(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        count_text = query.get("count", "50")
+        if not count_text.isdigit():
+            raise InvalidArgument(f"count: {count_text!r} is not a number")
+        streams = await self.monitor.streams(request.match_info["boundary"], after=query.get("after", ""),
+                                             prefix=query.get("prefix", ""), limit=int(count_text))
+        full = len(streams) == int(count_text)
+        return web.json_response({
+            "streams": [{"name": s.name, "version": s.version, "updated_at": s.updated_at.isoformat()}
+                        for s in streams],
+            "next": streams[-1].name if full and streams else None,
+        })
+
+    async def list_subscriptions(self, request: web.Request) -> web.StreamResponse:
+        progress = await self.monitor.subscriptions()
+        consumers = await self.pubsub.consumers()
+        return web.json_response({
+            "subscriptions": [
+                {"boundary": p.subscription.boundary, "subscriber_name": p.subscription.subscriber_name,
+                 "position": ({"commit": p.subscription.position.commit, "prepare": p.subscription.position.prepare}
+                              if p.subscription.position else None),
+                 "head": p.head, "lag": p.lag}
+                for p in progress
+            ],
+            "live": self.monitor.live(),
+            "pubsub": [{"stream": c.stream, "subject": c.subject, "consumer_name": c.consumer_name,
+                        "pending": c.pending, "ack_pending": c.ack_pending, "redelivered": c.redelivered}
+                       for c in consumers],
+        })
+
+    async def tail(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: every event committed after the request (matching the filters)."""
+        boundary = request.match_info["boundary"]
+        query, stream = tail_query(request.query), stream_filter(request.query)
+        head = await self.monitor.head(boundary)  # also refuses an unknown boundary, before answering 200
+        events = self.subscriptions.subscribe(request[USER], boundary, Position(head, head), query, "")
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        pump = asyncio.create_task(_pump(events, queue), name="orisun-dashboard-tail")
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        assert me is not None
+        self._tails.add(me)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
+        try:
+            await response.prepare(request)
+            await response.write(b": live tail of " + boundary.encode() + b"\n\n")
+            quiet_since = loop.time()
+            while True:
+                try:
+                    async with asyncio.timeout(DISCONNECT_CHECK):
+                        item = await queue.get()
+                except TimeoutError:
+                    # aiohttp does not cancel a handler whose client left: look, so that a closed
+                    # tab stops counting as a subscriber within a second.
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    if loop.time() - quiet_since >= KEEPALIVE:
+                        await response.write(b": keepalive\n\n")
+                        quiet_since = loop.time()
+                    continue
+                quiet_since = loop.time()
+                if isinstance(item, BaseException):
+                    message = str(item) if isinstance(item, OrisunError) else "the live tail failed; reload"
+                    await response.write(b"event: error\ndata: " + json.dumps({"error": message}).encode() + b"\n\n")
+                    break
+                if stream is None or item.stream == stream:
+                    await response.write(b"event: event\ndata: " + json.dumps(event_json(item)).encode() + b"\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the browser went away, or the dashboard stops
+        finally:
+            self._tails.discard(me)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+        return response
+
+    # --- Users (ADMIN) -----------------------------------------------------------------------
+
+    @staticmethod
+    def _admin(request: web.Request) -> User:
+        user = request[USER]
+        if Role.ADMIN not in user.roles:
+            raise PermissionDenied(f"user {user.username!r} may not manage users (needs role ADMIN)")
+        return user
+
+    async def list_users(self, request: web.Request) -> web.StreamResponse:
+        self._admin(request)
+        return web.json_response({"users": [user_json(u) for u in await self.users.list()]})
+
+    async def create_user(self, request: web.Request) -> web.StreamResponse:
+        self._admin(request)
+        body = await _json_body(request)
+        roles = body.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise InvalidArgument("roles: must be a list of role names (ADMIN, OPERATIONS)")
+        user = await self.users.create(_text(body, "name", required=False), _text(body, "username"),
+                                       _text(body, "password"), roles)
+        logger.info("Dashboard: {!r} created user {!r}", request[USER].username, user.username)
+        return web.json_response(user_json(user), status=201)
+
+    async def change_password(self, request: web.Request) -> web.StreamResponse:
+        self._admin(request)
+        body = await _json_body(request)
+        username = request.match_info["username"]
+        await self.users.change_password(username, _text(body, "password"))
+        logger.info("Dashboard: {!r} changed the password of {!r}", request[USER].username, username)
+        return web.Response(status=204)
+
+    async def delete_user(self, request: web.Request) -> web.StreamResponse:
+        me = self._admin(request)
+        username = request.match_info["username"]
+        if username == me.username:
+            raise InvalidArgument("username: you cannot delete yourself")
+        await self.users.delete(username)
+        self.sessions.end_user(username)
+        logger.info("Dashboard: {!r} deleted user {!r}", me.username, username)
+        return web.Response(status=204)
+
+
+async def _pump(events: AsyncGenerator[Any, None], queue: asyncio.Queue[Any]) -> None:
+    """Move a subscription's events into ``queue``; its error too, as the last item."""
+    try:
+        async for event in events:
+            await queue.put(event)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, OrisunError):
+            logger.opt(exception=exc).error("Dashboard: the live tail failed")
+        await queue.put(exc)
+    finally:
+        await events.aclose()
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidArgument("body: is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("body: must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], field: str, *, required: bool = True) -> str:
+    value = body.get(field, "")
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field}: must be a string")
+    if required and not value:
+        raise InvalidArgument(f"{field}: is required")
+    return value
+
+
+
