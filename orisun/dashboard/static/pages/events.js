@@ -1,0 +1,207 @@
+// The events page (#/events): a boundary's events page by page, filtered by stream, type and tags.
+
+import { append, h, icon } from "../dom.js";
+import { ApiError, api, describe, enc, isQuiet, loadBoundaries } from "../api.js";
+import { EVENT_COLUMNS, detailDrawer, eventHeader, eventRow } from "../event-table.js";
+import { alertBox, boundarySelect, cursorOf, emptyRow, field, pageHead, parseTags, preferredBoundary, rememberBoundary,
+  setAlert, textInput } from "../ui.js";
+
+export async function renderEvents(view, params, signal) {
+  const names = await loadBoundaries(signal);
+  const s = {
+    boundary: preferredBoundary(names, params.get("boundary")),
+    direction: params.get("direction") === "asc" ? "asc" : "desc",
+    count: [25, 50, 100, 200].includes(Number(params.get("count"))) ? Number(params.get("count")) : 50,
+    events: [],
+    hasPrev: false,
+    hasNext: false,
+    page: 1,
+    loading: false,
+  };
+  const stream = textInput("filter-stream", "filter-stream", "exact stream name", params.get("stream"));
+  const type = textInput("filter-type", "filter-type", "e.g. OrderCreated", params.get("type"));
+  const tags = textInput("filter-tags", "filter-tags", "key:value, key:value", params.getAll("tag").join(", "),
+    "wide");
+  const apply = h("button", { type: "submit", class: "primary", testid: "filter-apply" }, icon("filter"), "Apply");
+  const reset = h("button", { type: "button" }, "Clear");
+  const toggle = h("button", { type: "button", class: "small", testid: "direction-toggle", title: "Reverse the order" });
+  const countSelect = h("select", { id: "page-size", class: "small", testid: "page-size",
+    "aria-label": "Events per page" },
+    [25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === s.count }, `${n} per page`)));
+  const error = alertBox("error", "events-error");
+  const tbody = h("tbody", {});
+  const table = h("table", { class: "data", testid: "events-table" }, eventHeader(), tbody);
+  const prev = h("button", { type: "button", testid: "page-prev" }, icon("left"), "Previous");
+  const next = h("button", { type: "button", testid: "page-next" }, "Next", icon("right"));
+  const info = h("span", { class: "num" });
+  const title = h("h2", {});
+  const pageLabel = h("span", { class: "num" });
+  const drawer = detailDrawer(tbody, signal, () => s.boundary);
+
+  const form = h("form", { class: "toolbar", novalidate: true },
+    boundarySelect(names, s.boundary, (value) => {
+      s.boundary = value;
+      first();
+    }),
+    field("Stream", stream), field("Event type", type), field("Tags (all must match)", tags),
+    h("div", { class: "buttons" }, apply, reset));
+
+  append(view, pageHead("Events", "Browse a boundary's events by position; filter by stream, type and tags."),
+    h("div", { class: "stack" },
+      h("div", { class: "panel" }, form),
+      error,
+      h("div", { class: "split" },
+        h("div", { class: "panel" },
+          h("div", { class: "panel-head" }, title, info, h("span", { class: "spacer" }), toggle, countSelect),
+          h("div", { class: "table-wrap" }, table),
+          h("div", { class: "pager" }, pageLabel, h("span", { class: "spacer" }), prev, next)),
+        drawer.slot)));
+
+  function drawToggle() {
+    toggle.replaceChildren(icon(s.direction === "desc" ? "down" : "up"),
+      s.direction === "desc" ? "Newest first" : "Oldest first");
+    toggle.setAttribute("aria-pressed", s.direction === "desc" ? "true" : "false");
+    toggle.dataset.direction = s.direction;
+  }
+
+  function syncHash() {
+    const q = new URLSearchParams({ boundary: s.boundary });
+    if (stream.value.trim()) q.set("stream", stream.value.trim());
+    if (type.value.trim()) q.set("type", type.value.trim());
+    try {
+      for (const tag of parseTags(tags.value)) q.append("tag", tag);
+    } catch {
+      // invalid tags are reported when the page loads
+    }
+    if (s.direction !== "desc") q.set("direction", s.direction);
+    if (s.count !== 50) q.set("count", String(s.count));
+    history.replaceState(null, "", `#/events?${q}`);
+  }
+
+  function draw(note) {
+    tbody.replaceChildren();
+    if (!s.events.length) tbody.append(emptyRow(EVENT_COLUMNS.length, note || "No events match."));
+    for (const event of s.events) {
+      const row = eventRow(event, "event-row", drawer.open);
+      if (event.event_id === drawer.selected()) row.classList.add("selected");
+      tbody.append(row);
+    }
+    if (drawer.selected() && !s.events.some((e) => e.event_id === drawer.selected())) drawer.close();
+    prev.disabled = !s.hasPrev || s.loading;
+    next.disabled = !s.hasNext || s.loading;
+    title.textContent = s.boundary;
+    const positions = s.events.map((e) => e.position.prepare);
+    info.className = "muted num";
+    info.textContent = s.events.length
+      ? `${s.events.length} event${s.events.length === 1 ? "" : "s"} · positions ${Math.min(...positions)}–${Math.max(...positions)}` : "";
+    pageLabel.textContent = `Page ${s.page}`;
+  }
+
+  async function fetchPage(after, direction) {
+    tags.classList.remove("invalid");
+    let tagList;
+    try {
+      tagList = parseTags(tags.value);
+    } catch (e) {
+      tags.classList.add("invalid");
+      throw new ApiError(400, e.message, "tag");
+    }
+    const q = new URLSearchParams();
+    if (stream.value.trim()) q.set("stream", stream.value.trim());
+    if (type.value.trim()) q.set("type", type.value.trim());
+    for (const tag of tagList) q.append("tag", tag);
+    q.set("direction", direction);
+    if (after) q.set("after", after);
+    q.set("count", String(s.count));
+    const answer = await api(`/api/boundaries/${enc(s.boundary)}/events?${q}`, { signal });
+    return answer.events || [];
+  }
+
+  async function run(step) {
+    s.loading = true;
+    prev.disabled = true;
+    next.disabled = true;
+    setAlert(error, "");
+    try {
+      await step();
+    } catch (e) {
+      if (isQuiet(e)) return;
+      setAlert(error, describe(e));
+      if (e instanceof ApiError && e.field) {
+        const input = { stream, type, tag: tags }[e.field];
+        if (input) input.classList.add("invalid");
+      }
+      s.events = [];
+      s.hasPrev = false;
+      s.hasNext = false;
+    } finally {
+      s.loading = false;
+      if (!signal.aborted) draw();
+    }
+  }
+
+  async function loadStart() {
+    s.events = await fetchPage(null, s.direction);
+    s.page = 1;
+    s.hasPrev = false;
+    s.hasNext = s.events.length === s.count;
+  }
+
+  function first() {
+    syncHash();
+    for (const input of [stream, type, tags]) input.classList.remove("invalid");
+    return run(loadStart);
+  }
+
+  // Next: the events after the page's last one, in the same direction.
+  next.addEventListener("click", () => run(async () => {
+    if (!s.events.length) return;
+    const events = await fetchPage(cursorOf(s.events[s.events.length - 1]), s.direction);
+    if (!events.length) {
+      s.hasNext = false;
+      return;
+    }
+    s.events = events;
+    s.page += 1;
+    s.hasPrev = true;
+    s.hasNext = events.length === s.count;
+  }));
+
+  // Previous: the events before the page's first one (the opposite direction, reversed).
+  prev.addEventListener("click", () => run(async () => {
+    // Back to page 1: read it afresh from the start (newest first, that shows new events too).
+    if (s.page <= 2 || !s.events.length) return loadStart();
+    const opposite = s.direction === "desc" ? "asc" : "desc";
+    const events = (await fetchPage(cursorOf(s.events[0]), opposite)).reverse();
+    if (events.length < s.count) return loadStart(); // reached the start: a full first page instead
+    s.events = events;
+    s.page -= 1;
+    s.hasPrev = s.page > 1;
+    s.hasNext = true;
+  }));
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    first();
+  });
+  reset.addEventListener("click", () => {
+    stream.value = "";
+    type.value = "";
+    tags.value = "";
+    first();
+  });
+  toggle.addEventListener("click", () => {
+    s.direction = s.direction === "desc" ? "asc" : "desc";
+    drawToggle();
+    first();
+  });
+  countSelect.addEventListener("change", () => {
+    s.count = Number(countSelect.value);
+    first();
+  });
+
+  rememberBoundary(s.boundary);
+  drawToggle();
+  draw("Loading…");
+  await first();
+}

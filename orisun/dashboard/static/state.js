@@ -1,0 +1,10 @@
+// What the whole dashboard shares: the signed-in session and the cached boundary names.
+
+export const state = {
+  session: null,
+  boundaries: null, // names, from /api/overview
+};
+
+export function isAdmin() {
+  return Boolean(state.session && (state.session.roles || []).includes("ADMIN"));
+}
