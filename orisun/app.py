@@ -27,7 +27,7 @@ from orisun.bundle import unpack_bundled_binaries
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.dashboard import Dashboard
 from orisun.messaging.feed import FeedPublisher
-from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions, find_nats_server
+from orisun.messaging.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.messaging.pubsub import PubSub
 from orisun.model import Event
 from orisun.service.events import EventStore
@@ -101,9 +101,12 @@ class Orisun:
         s.data_dir.mkdir(mode=0o711 if os.geteuid() == 0 else 0o700, parents=True, exist_ok=True)
         # Private scratch space for child configuration files holding secrets; removed at stop.
         self._run_dir = Path(tempfile.mkdtemp(prefix="orisun-run-"))
-        if s.nats_cluster_enabled:
-            logger.warning("ORISUN_NATS_CLUSTER_ENABLED is true, but clustered mode is not built yet: this node "
-                           "runs a standalone NATS and ignores the ORISUN_NATS_CLUSTER_* settings")
+        cluster = ClusterOptions(
+            name=s.nats_cluster_name, host=s.nats_cluster_host, port=s.nats_cluster_port,
+            username=s.nats_cluster_username, password=s.nats_cluster_password, routes=s.nats_cluster_routes,
+            timeout=s.nats_cluster_timeout,
+        ) if s.nats_cluster_enabled else None
+        replicas = cluster.replicas if cluster else 1
         # Run from the executable: its nats-server and PostgreSQL, unpacked once into the data dir.
         bundled = await asyncio.to_thread(unpack_bundled_binaries, s.data_dir)
 
@@ -115,6 +118,7 @@ class Orisun:
                 max_payload=s.nats_max_payload,
                 username=s.nats_username,
                 password=s.nats_password or secrets.token_urlsafe(24),
+                cluster=cluster,
             ),
             self._run_dir,
             on_fatal=self.fatal,
@@ -157,7 +161,7 @@ class Orisun:
         # publisher of the boundary and this node's subscribers.
         self.locks = SessionLocks(conninfo, on_lost=self._locks_lost)
         self.feed = LiveFeed(self.db, FeedPublisher(self.nats_client, retention=s.live_feed_retention,
-                                                    max_backlog=MAX_FEED_BACKLOG), self.locks,
+                                                    max_backlog=MAX_FEED_BACKLOG, replicas=replicas), self.locks,
                              on_published=self._published)
         self.subscriptions = Subscriptions(self.db, self.nats_client, self.locks, publishing=self.feed.owns)
         self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload, on_commit=self._wrote)
@@ -168,7 +172,8 @@ class Orisun:
         await asyncio.wait_for(listening.wait(), timeout=s.pg_startup_timeout)
         self.feed.start()
 
-        pubsub = PubSub(self.nats_client, retention=s.pubsub_retention, ack_wait=s.pubsub_ack_wait)
+        pubsub = PubSub(self.nats_client, retention=s.pubsub_retention, ack_wait=s.pubsub_ack_wait,
+                        replicas=replicas)
         await pubsub.setup()
         pubsub_service = PubSubService(pubsub, max_payload=s.nats_max_payload)
         self.grpc = GrpcServer(

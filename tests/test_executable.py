@@ -428,34 +428,42 @@ def test_standalone_mode_serves_the_brief_examples_and_keeps_events_across_resta
         second.assert_nothing_left(tmpdir)
 
 
-# --- 5. Clustered mode: the brief's command line is accepted ---------------------------------------
+# --- 5. Clustered mode: the brief's command line, three times --------------------------------------
 
 
-def test_clustered_mode_command_line_starts_and_serves(
+def test_clustered_mode_command_lines_form_a_cluster_and_serve(
     executable: Path, launch: Launch, scratch: Path, postgres: EmbeddedPostgres
 ) -> None:
-    cluster_port = "6222" if not port_in_use("127.0.0.1", 6222) else str(free_port())
+    """The brief's Clustered Mode example is one node of three (cluster port 6222, routes to 6333
+    and 6334): run the three, each with the brief's variables and its own ports."""
+    wanted = (6222, 6333, 6334)
+    ports = list(wanted) if not any(port_in_use("127.0.0.1", p) for p in wanted) else [free_port() for _ in wanted]
     with fresh_database(postgres.conninfo, "test_exe") as conninfo:
         tmpdir = make_dir(scratch / "tmp")
-        env = user_env(
-            Path.home(), tmpdir, **pg_env(conninfo), ORISUN_PG_SCHEMAS="public",
-            ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
-            ORISUN_NATS_CLUSTER_ENABLED="true", ORISUN_NATS_CLUSTER_NAME="orisun-cluster",
-            ORISUN_NATS_CLUSTER_HOST="localhost", ORISUN_NATS_CLUSTER_PORT=cluster_port,
-            ORISUN_NATS_CLUSTER_USERNAME="nats", ORISUN_NATS_CLUSTER_PASSWORD="your_cluster_password",
-            ORISUN_NATS_CLUSTER_ROUTES="nats://localhost:6333,nats://localhost:6334",
-            ORISUN_DATA_DIR=str(make_dir(scratch / "data")),
-        )
-        process = launch(executable, env)
-        process.wait_serving()
-        listed = grpcurl(process.address, "list")
+        nodes = []
+        for n, port in enumerate(ports):
+            routes = ",".join(f"nats://localhost:{other}" for other in ports if other != port)
+            env = user_env(
+                Path.home(), tmpdir, **pg_env(conninfo), ORISUN_PG_SCHEMAS="public",
+                ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
+                ORISUN_NATS_CLUSTER_ENABLED="true", ORISUN_NATS_CLUSTER_NAME="orisun-cluster",
+                ORISUN_NATS_CLUSTER_HOST="localhost", ORISUN_NATS_CLUSTER_PORT=str(port),
+                ORISUN_NATS_CLUSTER_USERNAME="nats", ORISUN_NATS_CLUSTER_PASSWORD="your_cluster_password",
+                ORISUN_NATS_CLUSTER_ROUTES=routes, ORISUN_DATA_DIR=str(make_dir(scratch / f"data-{n}")),
+            )
+            nodes.append(launch(executable, env))
+        for node in nodes:  # a node serves once a majority of the cluster is up
+            node.wait_serving()
+        listed = grpcurl(nodes[0].address, "list")
         assert listed.returncode == 0 and "eventstore.EventStore" in listed.stdout.split(), listed.stderr
-        body, _ = save_body("public", "clustered-1", ["Pinged"])
-        assert process.call("SaveEvents", body) == {"log_position": {"commit_position": "1", "prepare_position": "1"}}
-        # Until clustered mode is built (a later issue), the node says it runs a standalone NATS.
-        assert "clustered mode is not built yet" in process.output(), process.tail()
-        assert process.stop(signal.SIGTERM) == 0, process.tail()
-        process.assert_nothing_left(tmpdir)
+        body, ids = save_body("public", "clustered-1", ["Pinged"])
+        assert nodes[1].call("SaveEvents", body) == {"log_position": {"commit_position": "1", "prepare_position": "1"}}
+        read = nodes[2].call("GetEvents", '{"boundary": "public", "stream": {"name": "clustered-1"}}')
+        assert [e["event_id"] for e in read["events"]] == ids
+        for node in nodes:
+            assert node.stop(signal.SIGTERM) == 0, node.tail()
+        for node in nodes:
+            node.assert_nothing_left(tmpdir)
 
 
 # --- 6. Ctrl-C: SIGINT to the whole process group ------------------------------------------------

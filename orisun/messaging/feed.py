@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from orisun.errors import Unavailable
+from orisun.messaging._streams import add_or_update_stream
 from orisun.model import Event, Position, Tag
 
 STREAM_PREFIX = "ORISUN_EVENTS_"
@@ -118,11 +119,12 @@ class FeedPublisher:
     so acknowledgements are collected here, on one inbox subscription, by position.
     """
 
-    def __init__(self, client: Client, *, retention: float, max_backlog: int) -> None:
+    def __init__(self, client: Client, *, retention: float, max_backlog: int, replicas: int = 1) -> None:
         self._client = client
         self._js = client.jetstream()
         self._retention = retention
         self._max_backlog = max_backlog
+        self._replicas = replicas  # copies of each feed stream in a NATS cluster
         self._inbox: str | None = None
         self._acks: dict[str, asyncio.Future[dict[str, object]]] = {}
         self._next_token = 0
@@ -141,17 +143,19 @@ class FeedPublisher:
             try:
                 info = await self._js.stream_info(name)
             except nats.js.errors.NotFoundError:
-                await self._js.add_stream(self._config(boundary, first=floor + 1))
+                await add_or_update_stream(self._js, self._config(boundary, first=floor + 1), self._replicas,
+                                           update=False)
                 return floor
             last = info.state.last_seq
             if last > head:
                 logger.warning("The live feed of boundary {!r} is at position {}, ahead of the database's {}; "
                                "recreating it", boundary, last, head)
                 await self._js.delete_stream(name)
-                await self._js.add_stream(self._config(boundary, first=floor + 1))
+                await add_or_update_stream(self._js, self._config(boundary, first=floor + 1), self._replicas,
+                                           update=False)
                 return floor
-            if info.config.max_age != self._retention:
-                await self._js.update_stream(self._config(boundary, first=None))
+            if info.config.max_age != self._retention or (info.config.num_replicas or 1) < self._replicas:
+                await add_or_update_stream(self._js, self._config(boundary, first=None), self._replicas, update=True)
             if last < floor:
                 logger.info("The live feed of boundary {!r} is {} events behind; moving it to position {}",
                             boundary, head - last, floor)

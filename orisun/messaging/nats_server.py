@@ -11,12 +11,15 @@ import asyncio
 import importlib.metadata
 import json
 import os
+import re
+import secrets
 import shutil
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import nats.aio.client
 import nats.errors
@@ -57,6 +60,42 @@ def find_nats_server(bundled: Path | None = None) -> Path:
 
 
 @dataclass(frozen=True)
+class ClusterOptions:
+    """ORISUN_NATS_CLUSTER_*: how this node's nats-server joins the others."""
+
+    name: str
+    host: str
+    port: int
+    username: str
+    password: str
+    routes: tuple[str, ...]  # nats://host:port of the nodes (this one may be among them)
+    timeout: float  # seconds to wait at start for the cluster's JetStream to answer
+
+    def route_urls(self) -> list[str]:
+        """The routes with this cluster's credentials, as nats-server wants them to authenticate."""
+        urls = []
+        for route in self.routes:
+            parts = urlsplit(route)
+            if parts.username is None:
+                credentials = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}"
+                parts = parts._replace(netloc=f"{credentials}@{parts.netloc}")
+            urls.append(urlunsplit(parts))
+        return urls
+
+    @property
+    def size(self) -> int:
+        """How many nodes the routes name, this one included."""
+        me = {(self.host, self.port), ("localhost", self.port), ("127.0.0.1", self.port)}
+        others = {(urlsplit(r).hostname or "", urlsplit(r).port or 0) for r in self.routes} - me
+        return len(others) + 1
+
+    @property
+    def replicas(self) -> int:
+        """Replicas for the JetStream streams Orisun creates: up to three, as the cluster allows."""
+        return min(3, self.size)
+
+
+@dataclass(frozen=True)
 class NatsServerOptions:
     host: str
     port: int  # 0 = any free port
@@ -64,6 +103,7 @@ class NatsServerOptions:
     max_payload: int
     username: str
     password: str
+    cluster: ClusterOptions | None = None
 
 
 def _client_host(host: str) -> str:
@@ -113,6 +153,9 @@ class EmbeddedNats:
         self._port = check_port(
             options.host, options.port, port_variable="ORISUN_NATS_PORT", host_variable="ORISUN_NATS_HOST"
         )
+        if options.cluster is not None and options.cluster.port:
+            check_port(options.cluster.host, options.cluster.port, port_variable="ORISUN_NATS_CLUSTER_PORT",
+                       host_variable="ORISUN_NATS_CLUSTER_HOST")
         try:
             options.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -132,11 +175,11 @@ class EmbeddedNats:
             await self._child.stop()
 
     def _config(self) -> dict[str, Any]:
-        """The nats-server configuration. Clustering (ORISUN_NATS_CLUSTER_*) will be added here."""
+        """The nats-server configuration."""
         options = self._options
         config: dict[str, Any] = {
-            # JetStream needs a server name, and a stable one once servers form a cluster.
-            "server_name": f"orisun-{self._port}",
+            # JetStream needs a server name unique in the cluster and stable across restarts.
+            "server_name": self._server_name(),
             "host": options.host,
             "port": self._port,
             "max_payload": options.max_payload,
@@ -148,11 +191,33 @@ class EmbeddedNats:
         }
         if options.max_payload > _DEFAULT_MAX_PENDING:
             config["max_pending"] = options.max_payload
-        # CLUSTERING: when enabled, add here
-        #   config["cluster"] = {"name": ..., "host": ..., "port": ...,
-        #                        "authorization": {"user": ..., "password": ...}, "routes": [...]}
-        # keeping server_name unique per node.
+        cluster = options.cluster
+        if cluster is not None:
+            config["cluster"] = {
+                "name": cluster.name,
+                "host": cluster.host,
+                "port": cluster.port,
+                # Routes must present these credentials: a node with the wrong password is refused.
+                "authorization": {"user": cluster.username, "password": cluster.password},
+                "routes": cluster.route_urls(),
+            }
         return config
+
+    def _server_name(self) -> str:
+        """This node's name, made once and kept in the store: unique even for nodes on other
+        machines with the same ports, and the same after a restart, as JetStream's RAFT needs."""
+        path = self._options.store_dir / "server_name"
+        try:
+            name = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        if not re.fullmatch(r"orisun-[0-9a-f]{12}", name):
+            name = f"orisun-{secrets.token_hex(6)}"
+            try:
+                path.write_text(name + "\n", encoding="ascii")
+            except OSError as exc:
+                raise StartupError(f"ORISUN_NATS_STORE_DIR: cannot write {path}: {exc.strerror}") from None
+        return name
 
     def _write_config(self) -> Path:
         """Write the config where only Orisun's user can read it (it holds the password)."""
@@ -188,6 +253,7 @@ class EmbeddedNats:
             writer.close()
             break
         client = nats.aio.client.Client()
+        cluster = self._options.cluster
         try:
             await client.connect(
                 servers=[self.url],
@@ -197,11 +263,34 @@ class EmbeddedNats:
                 connect_timeout=2,
                 error_cb=_quiet,
             )
-            await client.jetstream().account_info()
+            if cluster is None:
+                await client.jetstream().account_info()
+            else:
+                await self._wait_for_cluster(client, cluster)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             raise StartupError(f"nats-server on {self.url} is not usable with JetStream: {exc}") from None
         finally:
             await client.close()
+
+    async def _wait_for_cluster(self, client: nats.aio.client.Client, cluster: ClusterOptions) -> None:
+        """Until the cluster's JetStream answers: it needs a meta leader, elected by a majority of
+        the nodes, so a node starting alone waits for its peers (ORISUN_NATS_CLUSTER_TIMEOUT)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cluster.timeout
+        logger.info("waiting up to {:g} s for the NATS cluster {!r} (routes {})", cluster.timeout, cluster.name,
+                    ", ".join(cluster.routes))
+        while True:
+            try:
+                await client.jetstream().account_info()
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                if loop.time() > deadline:
+                    raise StartupError(
+                        f"ORISUN_NATS_CLUSTER_TIMEOUT: the NATS cluster {cluster.name!r} did not form within "
+                        f"{cluster.timeout:g} s (JetStream: {exc or type(exc).__name__}); check that a majority of "
+                        "the nodes of ORISUN_NATS_CLUSTER_ROUTES run and share ORISUN_NATS_CLUSTER_USERNAME/_PASSWORD"
+                    ) from None
+                await asyncio.sleep(0.25)  # between polls of the cluster's JetStream
 
     async def connect(self) -> nats.aio.client.Client:
         """A client authenticated as Orisun that reconnects forever (the server is supervised)."""

@@ -11,6 +11,7 @@ is redelivered after ``ack_wait`` (at-least-once).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncGenerator
@@ -22,10 +23,13 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from orisun.errors import Unavailable
+from orisun.messaging._streams import add_or_update_stream
 
 STREAM = "ORISUN_PUBSUB"
 PREFIX = "orisun.pubsub."
 _FETCH_WAIT = 5.0  # seconds one pull waits for messages before asking again
+_LEADERLESS_POLL = 0.25  # seconds between pulls while a clustered consumer has no leader
+_LEADERLESS_FOR = 30.0  # seconds without a leader before the subscriber is told to retry
 
 
 @dataclass(frozen=True)
@@ -57,19 +61,20 @@ class ConsumerStatus:
 
 
 class PubSub:
-    def __init__(self, client: Client, *, retention: float, ack_wait: float) -> None:
+    def __init__(self, client: Client, *, retention: float, ack_wait: float, replicas: int = 1) -> None:
         self._js = client.jetstream()
         self._retention = retention
         self._ack_wait = ack_wait
+        self._replicas = replicas  # copies of the stream (and so of its consumers) in a NATS cluster
 
     async def setup(self) -> None:
-        """Create the stream, or bring its retention up to date."""
+        """Create the stream, or bring its retention and replicas up to date."""
         config = StreamConfig(name=STREAM, subjects=[PREFIX + ">"], storage=StorageType.FILE,
                               max_age=self._retention)
         try:
-            await self._js.add_stream(config)
+            await add_or_update_stream(self._js, config, self._replicas, update=False)
         except nats.js.errors.BadRequestError:
-            await self._js.update_stream(config)
+            await add_or_update_stream(self._js, config, self._replicas, update=True)
 
     async def consumers(self) -> list[ConsumerStatus]:
         """Every pub/sub consumer (of every node sharing this NATS), by subject and name."""
@@ -109,11 +114,25 @@ class PubSub:
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"NATS is unavailable ({exc}); retry") from exc
         try:
+            unavailable_since: float | None = None
             while True:
                 try:
                     batch = await subscription.fetch(1, timeout=_FETCH_WAIT)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
+                except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+                    # In a cluster, a new consumer (or one whose leader's node died) answers "no
+                    # service" until its replicas elect a leader: wait for that, within bounds.
+                    loop = asyncio.get_running_loop()
+                    unavailable_since = unavailable_since or loop.time()
+                    if loop.time() - unavailable_since > _LEADERLESS_FOR:
+                        raise Unavailable(f"NATS is unavailable (pub/sub consumer without a leader: {exc}); "
+                                          "retry") from exc
+                    await asyncio.sleep(_LEADERLESS_POLL)
+                    continue
+                except nats.errors.Error as exc:
+                    raise Unavailable(f"NATS is unavailable ({exc}); retry") from exc
+                unavailable_since = None
                 for msg in batch:
                     body = json.loads(msg.data)
                     yield PubSubMessage(body["id"], msg.subject.removeprefix(PREFIX), body["data"], body["metadata"])
