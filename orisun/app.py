@@ -51,6 +51,26 @@ MAX_FEED_BACKLOG = 10_000
 APPENDED_CHANNEL = "orisun_appended"
 
 
+RUN_DIR_PREFIX = "orisun-run-"
+
+
+def _remove_stale_run_dirs() -> None:
+    """Remove this user's run dirs whose Orisun process is gone (killed before it could)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid_text = path.name.removeprefix(RUN_DIR_PREFIX).split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            if path.stat().st_uid != os.geteuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            logger.info("removing {}, left by an Orisun process that no longer runs", path)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # alive under another user, or unreadable: not ours to judge
+
+
 class Orisun:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -100,7 +120,9 @@ class Orisun:
         # user can reach its own directory below it.
         s.data_dir.mkdir(mode=0o711 if os.geteuid() == 0 else 0o700, parents=True, exist_ok=True)
         # Private scratch space for child configuration files holding secrets; removed at stop.
-        self._run_dir = Path(tempfile.mkdtemp(prefix="orisun-run-"))
+        # Named by pid, so that the next start can remove what a SIGKILLed Orisun left behind.
+        _remove_stale_run_dirs()
+        self._run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
         cluster = ClusterOptions(
             name=s.nats_cluster_name, host=s.nats_cluster_host, port=s.nats_cluster_port,
             username=s.nats_cluster_username, password=s.nats_cluster_password, routes=s.nats_cluster_routes,

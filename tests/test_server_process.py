@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from nats.errors import NoServersError
 
 from orisun.errors import StartupError
-from tests.support import ServerThread, grpcurl, server_settings, wait_for
+from tests.support import ServerThread, grpcurl, server_settings, shared_tmpdir, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -251,3 +252,40 @@ def test_a_child_that_keeps_dying_stops_orisun_with_status_1(
     assert len(killed) >= 6, process.output
     assert "restarting nats-server" in process.output
     assert "Stopping Orisun" in process.output
+
+
+def test_a_sigkilled_orisuns_scratch_dir_is_removed_at_the_next_start(
+    processes: list[OrisunProcess], data_dir: Path, tmp_path: Path
+) -> None:
+    """The scratch dir holds the nats-server config with its passwords; a SIGKILLed Orisun cannot
+    remove it, so the next start on the machine does (and leaves a running one's alone)."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"ORISUN_DATA_DIR": str(data_dir), "ORISUN_GRPC_PORT": str(free_port()), "ORISUN_NATS_PORT": str(free_port()),
+           "ORISUN_ADMIN_PORT": "0", "TMPDIR": str(tmpdir)}
+    killed = run(processes, env)
+    killed.wait_serving()
+    left = sorted(p.name for p in tmpdir.glob("orisun-run-*"))
+    assert len(left) == 1 and left[0].startswith(f"orisun-run-{killed.proc.pid}-"), left
+    assert (tmpdir / left[0] / "nats-server.json").is_file()
+    children = killed.children()
+    killed.proc.kill()
+    killed.wait_exit()
+    wait_for(lambda: not any(alive(pid) for pid in children), 10, "the killed one's children to go")
+
+    # Another Orisun, still running, keeps its own.
+    other_data = shared_tmpdir("orisun-test-other-")
+    running = run(processes, {**env, "ORISUN_DATA_DIR": str(other_data), "ORISUN_GRPC_PORT": str(free_port()),
+                              "ORISUN_NATS_PORT": str(free_port())})
+    running.wait_serving()
+    assert not (tmpdir / left[0]).exists(), "the killed process's scratch dir (with passwords) is still there"
+    mine = [p for p in tmpdir.glob("orisun-run-*") if p.name.startswith(f"orisun-run-{running.proc.pid}-")]
+    assert len(mine) == 1
+    third = run(processes, {**env, "ORISUN_GRPC_PORT": str(free_port()), "ORISUN_NATS_PORT": str(free_port())})
+    third.wait_serving()
+    assert mine[0].exists(), "a running Orisun's scratch dir was removed"
+    for process in (third, running):
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.wait_exit() == 0, process.output
+    assert list(tmpdir.glob("orisun-run-*")) == []
+    shutil.rmtree(other_data, ignore_errors=True)
