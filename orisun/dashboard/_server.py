@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from loguru import logger
@@ -203,7 +204,8 @@ class Dashboard:
         if request.method in _SAFE_METHODS:
             return await handler(request)
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
+        # Host only, not scheme: behind a TLS proxy the page is https while this server sees http.
+        if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
             return _error(403, f"Origin {origin!r} is not this dashboard")
         if request.content_type != "application/json":
             return _error(415, "Content-Type: must be application/json")
