@@ -1,0 +1,77 @@
+"""The README's test command installs everything the tests use.
+
+`pip install -e '.[test]' && pytest` runs in a fresh venv (as `.ci/run` does): a module that the
+tests, or the build steps they run, import from a distribution outside the runtime and `test`
+dependencies fails there and nowhere else, because developers have the `dev` extras installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import sys
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the test suite runs: the tests themselves and build.py (tests/test_build.py runs its proto
+# check, tests/test_executable.py its exe step, which reads packaging/).
+SOURCES = [*sorted((ROOT / "tests").rglob("*.py")), ROOT / "build.py", *sorted((ROOT / "packaging").glob("*.py"))]
+# The repo's own modules: packages, build.py and packaging's scripts (imported by their file names).
+FIRST_PARTY = {"orisun", "tests", *(path.stem for path in [*ROOT.glob("*.py"), *(ROOT / "packaging").glob("*.py")])}
+
+
+def imported_top_level_modules(path: Path) -> set[str]:
+    """Every absolute import in ``path``, also inside functions (build steps import lazily)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+def installed_by_test_command() -> set[str]:
+    """The distributions `pip install -e '.[test]'` brings: orisun's requirements with the `test`
+    extra, and theirs, transitively (canonical names)."""
+    environment = default_environment()
+    seen: set[str] = set()
+    pending: list[tuple[str, frozenset[str]]] = [("orisun", frozenset({"test"}))]
+    while pending:
+        name, extras = pending.pop()
+        key = canonicalize_name(name)
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            marker = requirement.marker
+            wanted = marker is None or any(
+                marker.evaluate({**environment, "extra": extra}) for extra in (extras or {""})
+            )
+            dependency = canonicalize_name(requirement.name)
+            if wanted and dependency != key and dependency not in seen:
+                seen.add(dependency)
+                pending.append((requirement.name, frozenset(requirement.extras)))
+    return seen
+
+
+def test_every_module_the_tests_import_is_installed_by_the_readme_test_command() -> None:
+    providers = importlib.metadata.packages_distributions()
+    installed = installed_by_test_command()
+    missing: dict[str, list[str]] = {}
+    for path in SOURCES:
+        for module in imported_top_level_modules(path):
+            if module in sys.stdlib_module_names or module in FIRST_PARTY or module == "__future__":
+                continue
+            distributions = {canonicalize_name(d) for d in providers.get(module, [])}
+            assert distributions, f"{path.relative_to(ROOT)} imports {module!r}, which no installed distribution provides"
+            if not distributions & installed:
+                missing.setdefault(f"{module} ({', '.join(sorted(distributions))})", []).append(
+                    str(path.relative_to(ROOT))
+                )
+    assert not missing, (
+        "imported by the tests but not installed by `pip install -e '.[test]'` "
+        f"(add to the test extras in pyproject.toml): {missing}"
+    )
