@@ -95,9 +95,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, "Password of that admin user (change it!)."),
     Variable("ORISUN_ADMIN_PORT", "8991",
              "Admin dashboard port, on ORISUN_GRPC_HOST (0 = any free port, printed at start)."),
-    Variable(CERT_VARIABLE, "(none: plaintext)", "PEM certificate chain of the server. With "
-             "ORISUN_TLS_KEY_FILE it turns on TLS for gRPC and the dashboard, and plaintext is refused. Without "
-             "TLS, passwords cross the network in clear."),
+    Variable(CERT_VARIABLE, "(none)", "PEM certificate chain of the server. With ORISUN_TLS_KEY_FILE it "
+             "turns on TLS for gRPC and the dashboard, and plaintext is refused. Without TLS, passwords cross "
+             "the network in clear."),
     Variable(KEY_VARIABLE, "(none)", "PEM private key (unencrypted) of that certificate."),
     Variable(CLIENT_CA_VARIABLE, "(none)", "PEM CA certificates: gRPC clients must then present a client "
              "certificate signed by one of them (mTLS). Needs ORISUN_TLS_CERT_FILE."),

@@ -66,7 +66,8 @@ def _pem_text(data: bytes, path: Path, variable: str, what: str) -> str:
 
 
 def _reason(exc: ssl.SSLError) -> str:
-    return str(exc.reason or exc.strerror or "unreadable").replace("_", " ").lower()
+    """OpenSSL's short reason (``KEY_VALUES_MISMATCH``) in words, without its source location."""
+    return str(exc.reason or "unreadable").replace("_", " ").lower()
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
@@ -88,7 +89,7 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     except ssl.SSLError as exc:
         if encrypted:
             problem = "is encrypted; Orisun needs an unencrypted key (protect it with file permissions)"
-        elif "KEY_VALUES_MISMATCH" in str(exc):
+        elif exc.reason == "KEY_VALUES_MISMATCH":
             problem = f"is not the key of the certificate in {CERT_VARIABLE}"
         else:
             problem = f"cannot be used as the key of the certificate in {CERT_VARIABLE} ({_reason(exc)})"
@@ -102,8 +103,10 @@ def _check_certificates(text: str, path: Path, variable: str) -> None:
     """That ``text`` holds at least one certificate OpenSSL can parse (and nothing broken)."""
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
-    except ssl.SSLError as exc:
-        raise ConfigError(variable, f"{_shown(path)} holds no valid PEM certificate ({_reason(exc)})") from None
+    except ssl.SSLError:
+        # OpenSSL's reason here is "no start line" even for a damaged certificate: not worth quoting.
+        raise ConfigError(variable, f"{_shown(path)} holds no readable PEM certificate "
+                          "(-----BEGIN CERTIFICATE----- ...)") from None
 
 
 def load(files: TlsFiles) -> TlsMaterial:

@@ -268,7 +268,7 @@ def test_dashboard_serves_https_with_a_secure_session_cookie(tls_server: ServerT
         connection.close()
 
 
-def test_dashboard_refuses_plain_http_and_old_tls(tls_server: ServerThread, pki: Pki) -> None:
+def test_dashboard_refuses_plain_http(tls_server: ServerThread) -> None:
     plain = http.client.HTTPConnection("127.0.0.1", tls_server.app.dashboard_port, timeout=10)
     try:
         with pytest.raises((http.client.HTTPException, ConnectionError)):
@@ -276,15 +276,23 @@ def test_dashboard_refuses_plain_http_and_old_tls(tls_server: ServerThread, pki:
             plain.getresponse().read()
     finally:
         plain.close()
+
+
+@pytest.mark.parametrize("port", ["grpc", "dashboard"])
+def test_tls_older_than_1_2_is_refused(tls_server: ServerThread, pki: Pki, port: str) -> None:
     old = trusting(pki)
     with warnings.catch_warnings():  # deprecated: that is the point
         warnings.simplefilter("ignore", DeprecationWarning)
         old.minimum_version = ssl.TLSVersion.TLSv1
         old.maximum_version = ssl.TLSVersion.TLSv1_1
     old.set_ciphers("DEFAULT:@SECLEVEL=0")  # else this client could not even offer TLS 1.1
-    with pytest.raises(ssl.SSLError) as raised, socket.create_connection(
-            ("127.0.0.1", tls_server.app.dashboard_port), timeout=10) as sock:
+    number = tls_server.app.grpc_port if port == "grpc" else tls_server.app.dashboard_port
+    with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", number), timeout=10) as sock:
         old.wrap_socket(sock, server_hostname="127.0.0.1").close()
+    modern = trusting(pki)
+    modern.set_alpn_protocols(["h2", "http/1.1"])  # gRPC insists on h2
+    with socket.create_connection(("127.0.0.1", number), timeout=10) as sock:
+        modern.wrap_socket(sock, server_hostname="127.0.0.1").close()
 
 
 def test_dashboard_does_not_ask_browsers_for_client_certificates(mtls_server: ServerThread, pki: Pki) -> None:
@@ -449,7 +457,15 @@ def test_bad_tls_configuration_is_an_error_naming_the_variable(
     assert raised.value.variable == variable, str(raised.value)
     message = str(raised.value)
     assert "\n" not in message and len(message) < 400, message
-    assert "Traceback" not in message and "SSLError" not in message, message
+    assert "Traceback" not in message and "SSLError" not in message and "ssl.c" not in message, message
+    assert HINTS.get(case, "") in message, message
+
+
+# What the message must say where the variable alone would leave the operator guessing.
+HINTS = {"missing-cert": "No such file", "cert-is-a-directory": "directory", "garbage-cert": "not a PEM file",
+         "truncated-cert": "no readable PEM certificate", "cert-as-key": "no PEM private key",
+         "key-of-another-cert": "is not the key of the certificate", "encrypted-key": "encrypted",
+         "other-cert-with-our-key": "is not the key of the certificate"}
 
 
 @pytest.mark.parametrize("case", ["cert-without-key", "garbage-cert", "key-of-another-cert", "encrypted-key"])
