@@ -492,3 +492,19 @@ def test_help_explains_the_tls_variables() -> None:
         assert name in result.stdout
     described = {v.name: v.description for v in VARIABLES}
     assert "client certificate" in described["ORISUN_TLS_CLIENT_CA_FILE"].lower()
+
+
+def test_plaintext_beyond_loopback_is_warned_about(start_server: Callable[..., ServerThread], pki: Pki) -> None:
+    from loguru import logger
+
+    warnings_seen: list[str] = []
+    sink = logger.add(lambda message: warnings_seen.append(str(message)), level="WARNING")
+    try:
+        # One after another: they share the test's data dir.
+        start_server(grpc_host="0.0.0.0").stop()
+        start_server(grpc_host="127.0.0.1").stop()  # loopback: nothing crosses a network
+        start_server(grpc_host="0.0.0.0", tls=TlsFiles(pki.cert_file, pki.key_file)).stop()
+    finally:
+        logger.remove(sink)
+    about_tls = [line for line in warnings_seen if "TLS is off" in line]
+    assert len(about_tls) == 1 and "in clear" in about_tls[0], warnings_seen
