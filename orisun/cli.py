@@ -23,6 +23,7 @@ from orisun.bundle import follow_bootloader
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings, help_text, load_settings
 from orisun.errors import ConfigError, StartupError
 from orisun.logs import setup_logging
+from orisun.tls import trusts_itself
 
 if TYPE_CHECKING:
     from orisun.app import Orisun
@@ -99,8 +100,6 @@ def grpcurl_hint(settings: Settings, port: int) -> str:
     if files is None:
         transport = "-plaintext"
     else:
-        from orisun.tls import trusts_itself
-
         ca = shlex.quote(str(files.cert_file)) if trusts_itself(files) else "<CA certificate that signed it>"
         transport = f"-cacert {ca}"
         if files.client_ca_file is not None:

@@ -131,7 +131,7 @@ def trusts_itself(files: TlsFiles) -> bool:
     self-signed certificate (or a chain file that ends with its root), so that the file itself is
     what ``grpcurl -cacert`` needs. A handshake in memory, no socket."""
     try:
-        server_context_ = server_context(files)
+        ours = server_context(files)
         client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client_context.check_hostname = False  # the question is trust, not the name
         client_context.load_verify_locations(cafile=files.cert_file)
@@ -140,7 +140,7 @@ def trusts_itself(files: TlsFiles) -> bool:
     to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
     client_out, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_context.wrap_bio(to_client, client_out)
-    server = server_context_.wrap_bio(to_server, server_out, server_side=True)
+    server = ours.wrap_bio(to_server, server_out, server_side=True)
     sides = [(client, client_out, to_server), (server, server_out, to_client)]
     done: set[int] = set()
     # A TLS 1.3 handshake needs two round trips here; a few more leave room for TLS 1.2.
