@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import secrets
 import shutil
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +23,12 @@ from typing import Any
 from loguru import logger
 from nats.aio.client import Client as NatsClient
 
-from orisun import __version__
+from orisun import __version__, tls
 from orisun.aio import cancel_and_wait
 from orisun.bundle import unpack_bundled_binaries
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.dashboard import Dashboard
+from orisun.errors import ConfigError, StartupError
 from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.messaging.pubsub import PubSub
@@ -69,6 +72,13 @@ def _remove_stale_run_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue  # alive under another user, or unreadable: not ours to judge
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Orisun:
@@ -198,6 +208,7 @@ class Orisun:
                         replicas=replicas)
         await pubsub.setup()
         pubsub_service = PubSubService(pubsub, max_payload=s.nats_max_payload)
+        material, ssl_context = self._tls()
         self.grpc = GrpcServer(
             self.users,
             self.events,
@@ -206,6 +217,7 @@ class Orisun:
             host=s.grpc_host,
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,
+            tls=material,
         )
         await self.grpc.start()
 
@@ -213,8 +225,22 @@ class Orisun:
         self.monitor.start()
         self.dashboard = Dashboard(users=self.users, events=self.events, subscriptions=self.subscriptions,
                                    pubsub=pubsub_service, monitor=self.monitor, version=__version__,
-                                   host=s.grpc_host, port=s.admin_port)
+                                   host=s.grpc_host, port=s.admin_port, ssl_context=ssl_context)
         await self.dashboard.start()
+
+    def _tls(self) -> tuple[tls.TlsMaterial | None, ssl.SSLContext | None]:
+        """The TLS files, read now (load_settings checked them; they may have changed since)."""
+        files = self.settings.tls
+        if files is None:
+            if not _loopback(self.settings.grpc_host):
+                logger.warning("TLS is off: passwords (Basic auth, dashboard login) cross the network in clear. "
+                               "Set ORISUN_TLS_CERT_FILE and ORISUN_TLS_KEY_FILE, or keep ORISUN_GRPC_HOST on "
+                               "127.0.0.1 behind a TLS proxy.")
+            return None, None
+        try:
+            return tls.load(files), tls.server_context(files)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
 
     def _wrote(self, schema: str, events: list[Event]) -> None:
         """This node's writer committed ``events`` (in position order)."""

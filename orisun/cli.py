@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import base64
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from orisun.bundle import follow_bootloader
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings, help_text, load_settings
 from orisun.errors import ConfigError, StartupError
 from orisun.logs import setup_logging
+from orisun.tls import trusts_itself
 
 if TYPE_CHECKING:
     from orisun.app import Orisun
@@ -86,17 +88,36 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
         signal.signal(getattr(signal, name), lambda *_: loop.call_soon_threadsafe(stop))
 
 
+def grpcurl_hint(settings: Settings, port: int) -> str:
+    """A grpcurl command line that lists the services of this server, ready to paste where it can
+    be: the admin's credentials while they are the default, the certificate file when it is
+    self-signed (else the CA that signed it must be named), placeholders for a client certificate."""
+    if settings.admin_password == DEFAULT_ADMIN_PASSWORD:
+        token = base64.b64encode(f"{settings.admin_username}:{settings.admin_password}".encode()).decode()
+    else:
+        token = "<base64 of username:password>"
+    files = settings.tls
+    if files is None:
+        transport = "-plaintext"
+    else:
+        ca = shlex.quote(str(files.cert_file)) if trusts_itself(files) else "<CA certificate that signed it>"
+        transport = f"-cacert {ca}"
+        if files.client_ca_file is not None:
+            transport += " -cert <client certificate> -key <client key>"
+    return f"grpcurl {transport} -H 'Authorization: Basic {token}' localhost:{port} list"
+
+
 def _announce(app: Orisun) -> None:
     s = app.settings
     port = app.grpc_port
-    if s.admin_password == DEFAULT_ADMIN_PASSWORD:
-        token = base64.b64encode(f"{s.admin_username}:{s.admin_password}".encode()).decode()
-    else:
-        token = "<base64 of username:password>"
     boundaries = ", ".join(s.boundaries)
-    logger.info("Orisun {} serving gRPC on {}:{}; boundaries: {}", __version__, s.grpc_host, port, boundaries)
-    logger.info("Try: grpcurl -plaintext -H 'Authorization: Basic {}' localhost:{} list", token, port)
-    logger.info("Admin dashboard on http://localhost:{}/ (log in as {!r})", app.dashboard_port, s.admin_username)
+    scheme, over = "http", ""
+    if s.tls is not None:
+        scheme, over = "https", " over TLS (client certificates required)" if s.tls.client_ca_file else " over TLS"
+    logger.info("Orisun {} serving gRPC on {}:{}{}; boundaries: {}", __version__, s.grpc_host, port, over, boundaries)
+    logger.info("Try: {}", grpcurl_hint(s, port))
+    logger.info("Admin dashboard on {}://localhost:{}/ (log in as {!r})", scheme, app.dashboard_port,
+                s.admin_username)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import environs
 
 from orisun.errors import ConfigError
+from orisun.tls import CERT_VARIABLE, CLIENT_CA_VARIABLE, KEY_VARIABLE, TlsFiles
+from orisun.tls import load as load_tls
 
 T = TypeVar("T")
 
@@ -93,6 +95,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, "Password of that admin user (change it!)."),
     Variable("ORISUN_ADMIN_PORT", "8991",
              "Admin dashboard port, on ORISUN_GRPC_HOST (0 = any free port, printed at start)."),
+    Variable(CERT_VARIABLE, "(none)", "PEM certificate chain of the server. With ORISUN_TLS_KEY_FILE it "
+             "turns on TLS for gRPC and the dashboard, and plaintext is refused. Without TLS, passwords cross "
+             "the network in clear."),
+    Variable(KEY_VARIABLE, "(none)", "PEM private key (unencrypted) of that certificate."),
+    Variable(CLIENT_CA_VARIABLE, "(none)", "PEM CA certificates: gRPC clients must then present a client "
+             "certificate signed by one of them (mTLS). Needs ORISUN_TLS_CERT_FILE."),
     Variable("ORISUN_LOGGING_LEVEL", "INFO", "Log level: " + ", ".join(_LOG_LEVELS) + "."),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
@@ -135,6 +143,8 @@ class Settings:
     admin_username: str = "admin"
     admin_password: str = DEFAULT_ADMIN_PASSWORD
     admin_port: int = 8991
+    # None = plaintext gRPC and HTTP.
+    tls: TlsFiles | None = None
     logging_level: str = "INFO"
 
     @property
@@ -278,6 +288,28 @@ def _routes(text: str) -> tuple[str, ...]:
     return routes
 
 
+def _file(env: environs.Env, variable: str) -> Path | None:
+    text: str = env.str(variable, "")
+    return Path(text).expanduser().absolute() if text else None
+
+
+def _tls(env: environs.Env) -> TlsFiles | None:
+    """The TLS files: both the certificate and its key, or neither; loaded once to check them."""
+    cert, key, client_ca = _file(env, CERT_VARIABLE), _file(env, KEY_VARIABLE), _file(env, CLIENT_CA_VARIABLE)
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError(CLIENT_CA_VARIABLE, f"needs {CERT_VARIABLE} and {KEY_VARIABLE}: client "
+                              "certificates are only checked over TLS")
+        return None
+    if key is None:
+        raise ConfigError(KEY_VARIABLE, f"must be set too when {CERT_VARIABLE} is (TLS needs the key)")
+    if cert is None:
+        raise ConfigError(CERT_VARIABLE, f"must be set too when {KEY_VARIABLE} is (TLS needs the certificate)")
+    files = TlsFiles(cert_file=cert, key_file=key, client_ca_file=client_ca)
+    load_tls(files)
+    return files
+
+
 def load_settings() -> Settings:
     """Read and validate every ORISUN_* variable; raises ConfigError naming the first bad one."""
     env = environs.Env(expand_vars=False)
@@ -326,6 +358,7 @@ def load_settings() -> Settings:
         admin_username=_nonempty(env, "ORISUN_ADMIN_USERNAME"),
         admin_password=_nonempty(env, "ORISUN_ADMIN_PASSWORD"),
         admin_port=_port(env, "ORISUN_ADMIN_PORT"),
+        tls=_tls(env),
         logging_level=level,
     )
     if settings.nats_max_payload > 64 * 1024 * 1024:

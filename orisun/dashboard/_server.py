@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import math
+import ssl
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from importlib import resources
@@ -100,6 +101,7 @@ class Dashboard:
         version: str,
         host: str,
         port: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.users = users
         self.events = events
@@ -109,6 +111,8 @@ class Dashboard:
         self.version = version
         self.host = host
         self.port = port
+        # With a context the port speaks HTTPS only: a plain HTTP request fails its handshake.
+        self.ssl_context = ssl_context
         self.sessions = Sessions()
         self.throttle = LoginThrottle()
         self._runner: web.AppRunner | None = None
@@ -141,7 +145,7 @@ class Dashboard:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
             await site.start()
         except OSError as exc:

@@ -14,6 +14,7 @@ from orisun.service.events import EventStore
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
+from orisun.tls import TlsMaterial
 from orisun.transport.auth import AuthInterceptor, Gate
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
@@ -29,8 +30,10 @@ class GrpcServer:
         host: str,
         port: int,
         max_message_size: int,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self._host = host
+        self._tls = tls
         self._requested_port = port
         self.port = 0
         self._gate = Gate()
@@ -56,7 +59,10 @@ class GrpcServer:
         problem = (f"ORISUN_GRPC_PORT: cannot listen on {address}: the port is in use, "
                    "or ORISUN_GRPC_HOST is not an address of this machine")
         try:
-            self.port = self.server.add_insecure_port(address)
+            if self._tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, _credentials(self._tls))
         except RuntimeError:
             raise StartupError(problem) from None
         if self.port == 0:
@@ -73,3 +79,13 @@ class GrpcServer:
         # Unary calls are done (or out of grace); what still runs are subscriptions, which have no
         # end to wait for: they get a moment to flush, then are cancelled.
         await self.server.stop(max(0.1, min(1.0, grace - (time.monotonic() - began))))
+
+
+def _credentials(tls: TlsMaterial) -> grpc.ServerCredentials:
+    """TLS only on the port (gRPC then refuses plaintext); with a client CA, also mTLS: a client
+    without a certificate signed by that CA fails the handshake, before any call or password."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
