@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import sys
+import tomllib
 from pathlib import Path
 
 from packaging.markers import default_environment
@@ -36,24 +37,27 @@ def imported_top_level_modules(path: Path) -> set[str]:
 
 
 def installed_by_test_command() -> set[str]:
-    """The distributions `pip install -e '.[test]'` brings: orisun's requirements with the `test`
-    extra, and theirs, transitively (canonical names)."""
+    """The distributions `pip install -e '.[test]'` brings (canonical names): the requirements that
+    pyproject.toml declares, runtime and `test`, and theirs, transitively from what is installed."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["test"]]
     environment = default_environment()
     seen: set[str] = set()
-    pending: list[tuple[str, frozenset[str]]] = [("orisun", frozenset({"test"}))]
+    pending = [Requirement(line) for line in declared]
     while pending:
-        name, extras = pending.pop()
-        key = canonicalize_name(name)
-        for line in importlib.metadata.requires(name) or []:
-            requirement = Requirement(line)
-            marker = requirement.marker
-            wanted = marker is None or any(
-                marker.evaluate({**environment, "extra": extra}) for extra in (extras or {""})
-            )
-            dependency = canonicalize_name(requirement.name)
-            if wanted and dependency != key and dependency not in seen:
-                seen.add(dependency)
-                pending.append((requirement.name, frozenset(requirement.extras)))
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker and not requirement.marker.evaluate({**environment, "extra": ""})):
+            continue
+        seen.add(name)
+        for line in importlib.metadata.requires(requirement.name) or []:
+            dependency = Requirement(line)
+            marker = dependency.marker
+            if marker is None or any(
+                marker.evaluate({**environment, "extra": extra}) for extra in (requirement.extras or {""})
+            ):
+                dependency.marker = None  # evaluated here, for the extras that asked for it
+                pending.append(dependency)
     return seen
 
 
@@ -66,11 +70,11 @@ def test_every_module_the_tests_import_is_installed_by_the_readme_test_command()
             if module in sys.stdlib_module_names or module in FIRST_PARTY or module == "__future__":
                 continue
             distributions = {canonicalize_name(d) for d in providers.get(module, [])}
-            assert distributions, f"{path.relative_to(ROOT)} imports {module!r}, which no installed distribution provides"
+            where = path.relative_to(ROOT)
+            assert distributions, f"{where} imports {module!r}, which no installed distribution provides"
             if not distributions & installed:
                 missing.setdefault(f"{module} ({', '.join(sorted(distributions))})", []).append(
-                    str(path.relative_to(ROOT))
-                )
+str(where))
     assert not missing, (
         "imported by the tests but not installed by `pip install -e '.[test]'` "
         f"(add to the test extras in pyproject.toml): {missing}"
