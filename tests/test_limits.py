@@ -71,9 +71,10 @@ def event(data: Any = None, **fields: Any) -> pb.EventToSave:
 
 
 def save(
-    boundary: str = "limits", stream: str = "s", events: list[pb.EventToSave] | None = None
+    boundary: str = "limits", stream: str = "s", events: list[pb.EventToSave] | None = None, expected_version: int = -2
 ) -> pb.SaveEventsRequest:
-    return pb.SaveEventsRequest(boundary=boundary, stream=pb.SaveStreamQuery(name=stream, expected_version=-2),
+    return pb.SaveEventsRequest(boundary=boundary,
+                                stream=pb.SaveStreamQuery(name=stream, expected_version=expected_version),
                                 events=events if events is not None else [event()])
 
 
@@ -203,7 +204,7 @@ def read_all(stub: pb_grpc.EventStoreStub, direction: int, *, count: int = 100) 
         assert page.ByteSize() <= 4 * 1024 * 1024
         ids += [e.event_id for e in page.events]
         sizes.append(len(page.events))
-        if not page.cut:
+        if not page.truncated:
             assert len(page.events) < count  # the end: fewer than asked, and not cut
             return ids, sizes
         assert page.events, "a cut page holds at least one event"
@@ -226,7 +227,7 @@ def test_a_page_that_fits_is_not_cut(stub: pb_grpc.EventStoreStub, big_stream: l
     page = stub.GetEvents(pb.GetEventsRequest(boundary="limits", stream=pb.GetStreamQuery(name="big"), count=2),
                           metadata=AUTH)
     assert [e.event_id for e in page.events] == big_stream[:2]
-    assert not page.cut  # exactly `count` events: the client asks again, as always
+    assert not page.truncated  # exactly `count` events: the client asks again, as always
 
 
 def test_small_events_fill_a_page_of_count(stub: pb_grpc.EventStoreStub) -> None:
@@ -235,7 +236,7 @@ def test_small_events_fill_a_page_of_count(stub: pb_grpc.EventStoreStub) -> None
     page = stub.GetEvents(pb.GetEventsRequest(boundary="limits", stream=pb.GetStreamQuery(name="small"),
                                               count=250), metadata=AUTH)
     assert [e.event_id for e in page.events] == [e.event_id for e in batch[:250]]
-    assert not page.cut
+    assert not page.truncated
 
 
 def test_subscriptions_deliver_events_of_any_size(server: ServerThread, big_stream: list[str]) -> None:
@@ -261,13 +262,16 @@ def test_an_event_saved_at_the_message_limit_can_be_read_and_subscribed_to(
                         grpc_max_message_size=limit) as edge, edge.stub() as stub:
         # Two-byte positions and version: the stored event outgrows the request that saved it.
         stub.SaveEvents(save(stream="edge", events=[event() for _ in range(200)]), metadata=AUTH)
-        request = save(stream="edge", events=[event({"pad": ""})])
-        padding = limit - request.ByteSize()
-        request = save(stream="edge", events=[event({"pad": "p" * padding}, event_id=request.events[0].event_id)])
-        while request.ByteSize() > limit:  # the varint of a length may have grown by a byte
+        event_id = str(uuid.uuid4())
+
+        def edge_request(padding: int) -> pb.SaveEventsRequest:
+            # expected_version 199 takes 2 bytes where -2 would take 10.
+            return save(stream="edge", events=[event({"pad": "p" * padding}, event_id=event_id)], expected_version=199)
+
+        padding = limit - edge_request(0).ByteSize()
+        while edge_request(padding).ByteSize() > limit:  # the varint of a length may have grown by a byte
             padding -= 1
-            request = save(stream="edge", events=[event({"pad": "p" * padding},
-                                                        event_id=request.events[0].event_id)])
+        request = edge_request(padding)
         assert limit - 3 <= request.ByteSize() <= limit
         stub.SaveEvents(request, metadata=AUTH)
 
