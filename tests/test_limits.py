@@ -286,3 +286,42 @@ def test_an_event_saved_at_the_message_limit_can_be_read_and_subscribed_to(
         assert next(events).event_id == request.events[0].event_id
         events.cancel()
     assert not [line for line in log_lines if "ERROR" in line or "Traceback" in line]
+
+
+@pytest.fixture(scope="module")
+def mixed_stream(stub: pb_grpc.EventStoreStub) -> list[str]:
+    """Stream `mixed`, tagged kind=mixed: 150 small events, 6 of ~900 KB, 150 small ones again."""
+    tags = [pb.Tag(key="kind", value="mixed")]
+    small = [event({"i": i}, tags=tags) for i in range(150)]
+    big = [event({"i": i, "pad": "p" * BIG}, tags=tags) for i in range(6)]
+    after = [event({"i": i}, tags=tags) for i in range(150)]
+    for batch in (small, big[:3], big[3:], after):
+        stub.SaveEvents(save(stream="mixed", events=batch), metadata=AUTH)
+    return [e.event_id for e in small + big + after]
+
+
+@pytest.mark.parametrize("direction", [pb.ASC, pb.DESC])
+@pytest.mark.parametrize("by", ["stream", "query"])
+def test_a_page_cut_in_a_later_chunk_pages_on_exactly(
+    stub: pb_grpc.EventStoreStub, mixed_stream: list[str], direction: int, by: str
+) -> None:
+    ids: list[str] = []
+    pages: list[tuple[int, bool]] = []
+    cursor: pb.Position | None = None
+    while len(pages) < 20:
+        request = pb.GetEventsRequest(boundary="limits", count=1000, direction=direction,
+                                      last_retrieved_position=cursor)
+        if by == "stream":
+            request.stream.name = "mixed"
+        else:
+            request.query.criteria.add().tags.add(key="kind", value="mixed")
+        page = stub.GetEvents(request, metadata=AUTH)
+        ids += [e.event_id for e in page.events]
+        pages.append((len(page.events), page.truncated))
+        if not page.truncated:
+            break
+        cursor = page.events[-1].position
+    assert ids == (mixed_stream if direction == pb.ASC else mixed_stream[::-1])
+    assert pages[-1][1] is False and len(pages) == 2
+    # The first page holds the 150 small events and the big ones that fit after them.
+    assert 150 < pages[0][0] < 155 and pages[0][1]
