@@ -32,11 +32,15 @@ BOUNDARIES = {"orisun_admin": "orisun_admin", "limits": "limits"}
 LONG = "x" * 20_000
 # A short message: the bound of the central cap (transport/status.py), documented in the README.
 SHORT = 1024
+MESSAGE_LIMIT = 4 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def server(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
-    with running_server(postgres.conninfo, "test_limits", boundaries=BOUNDARIES) as running:
+    # The message limit of a default gRPC client (4 MiB), so that a default client reads whole pages;
+    # the default limit (64 MiB) cuts pages the same way, only later.
+    with running_server(postgres.conninfo, "test_limits", boundaries=BOUNDARIES,
+                        grpc_max_message_size=MESSAGE_LIMIT) as running:
         yield running
 
 
@@ -172,7 +176,7 @@ def test_a_boundary_longer_than_any_configurable_one_names_the_field(stub: pb_gr
 # --- Defect 7: GetEvents pages that fit ----------------------------------------------------------
 
 # ~900 KB of data per event: within ORISUN_NATS_MAX_PAYLOAD's default 1 MiB; four of them pass the
-# 4 MiB a default gRPC client accepts.
+# module server's message limit of 4 MiB.
 BIG = 900_000
 BIG_EVENTS = 12
 
@@ -201,7 +205,7 @@ def read_all(stub: pb_grpc.EventStoreStub, direction: int, *, count: int = 100) 
         request = pb.GetEventsRequest(boundary="limits", stream=pb.GetStreamQuery(name="big"), count=count,
                                       direction=direction, last_retrieved_position=cursor)
         page = stub.GetEvents(request, metadata=AUTH)
-        assert page.ByteSize() <= 4 * 1024 * 1024
+        assert page.ByteSize() <= MESSAGE_LIMIT
         ids += [e.event_id for e in page.events]
         sizes.append(len(page.events))
         if not page.truncated:

@@ -23,10 +23,10 @@ from orisun.model import (
 
 _DIRECTIONS = {pb.ASC: Direction.ASC, pb.DESC: Direction.DESC}
 
-# The most a GetEvents page holds, in bytes: the 4 MiB that gRPC clients accept by default
-# (grpcurl, and the generated clients of every language), less room for the `truncated` field.
-# A larger page would fail in the client with RESOURCE_EXHAUSTED whatever the server allows.
-PAGE_BYTES = 4 * 1024 * 1024 - 64
+# A GetEvents page holds at most ORISUN_GRPC_MAX_MESSAGE_SIZE bytes less this room for the
+# `truncated` field. Not less: a page that fits today's limit is never cut, so a client that pages
+# until it gets fewer than `count` events (a page that was never cut before) keeps working.
+PAGE_ROOM = 16
 # What the server may send beyond what it accepts (ORISUN_GRPC_MAX_MESSAGE_SIZE): a stored event
 # carries a position, a timestamp and a version beyond the EventToSave that came in, and every
 # event that could be saved must be readable, alone in a page or in a subscription.

@@ -15,7 +15,7 @@ from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
 from orisun.transport.auth import AuthInterceptor, Gate
-from orisun.transport.convert import PAGE_BYTES, SEND_HEADROOM
+from orisun.transport.convert import PAGE_ROOM, SEND_HEADROOM
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
 
@@ -45,7 +45,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        servicer = EventStoreServicer(events, subscriptions, pubsub, page_bytes=min(PAGE_BYTES, max_message_size))
+        servicer = EventStoreServicer(events, subscriptions, pubsub, page_bytes=max(1, max_message_size - PAGE_ROOM))
         pb_grpc.add_EventStoreServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
