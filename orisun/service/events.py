@@ -16,10 +16,11 @@ from orisun.storage.writer import BoundaryWriter
 
 T = TypeVar("T")
 
-# A page of GetEvents is read from PostgreSQL in chunks, so that a page cut by its size costs no
-# more memory than it holds: the first chunk is a whole default page (one statement, as before,
-# for the usual reads), the next ones are sized from the events seen so far, never more than
-# MAX_CHUNK events, so a few huge events among small ones cannot balloon a chunk.
+# A page of GetEvents is read from PostgreSQL in chunks, so that a page cut by its size does not
+# first load all `count` events (10,000 events of 1 MB would be 10 GB): the first chunk is a whole
+# default page (one statement, as before, for the usual reads), the next ones are sized from the
+# events seen so far to fill what is left, and hold at most MAX_CHUNK events, which bounds the
+# excess when large events follow small ones.
 FIRST_CHUNK = validation.DEFAULT_COUNT
 MAX_CHUNK = 1_000
 

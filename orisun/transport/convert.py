@@ -23,9 +23,9 @@ from orisun.model import (
 
 _DIRECTIONS = {pb.ASC: Direction.ASC, pb.DESC: Direction.DESC}
 
-# A GetEvents page holds at most ORISUN_GRPC_MAX_MESSAGE_SIZE bytes less this room for the
-# `truncated` field. Not less: a page that fits today's limit is never cut, so a client that pages
-# until it gets fewer than `count` events (a page that was never cut before) keeps working.
+# A GetEvents page holds at most ORISUN_GRPC_MAX_MESSAGE_SIZE bytes, less this room for the
+# `truncated` field. Only the pages that used to fail are cut: a client that pages until it gets
+# fewer than `count` events still reads all it could read before.
 PAGE_ROOM = 16
 # What the server may send beyond what it accepts (ORISUN_GRPC_MAX_MESSAGE_SIZE): a stored event
 # carries a position, a timestamp and a version beyond the EventToSave that came in, and every
