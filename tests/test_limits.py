@@ -351,3 +351,38 @@ def test_the_page_size_is_counted_exactly() -> None:
                for n in (0, 1, 90, 127, 128, 16_000, 16_400, 2_100_000)]
     response = pb.GetEventsResponse(events=[message for message, _ in entries])
     assert sum(size for _, size in entries) == response.ByteSize()
+
+
+def test_count_100_over_1_mb_events_with_the_default_limits(
+    postgres: EmbeddedPostgres, logged_errors: Callable[[], list[str]]
+) -> None:
+    """The issue's case at the default ORISUN_GRPC_MAX_MESSAGE_SIZE (64 MiB): 70 events of ~1 MB
+    (within ORISUN_NATS_MAX_PAYLOAD) read with count=100 by a client that accepts 64 MiB + 64 KiB."""
+    limit = 64 * 1024 * 1024
+    with running_server(postgres.conninfo, "test_limits_default", boundaries=BOUNDARIES) as default:
+        assert default.settings.grpc_max_message_size == limit
+        options = [("grpc.max_receive_message_length", limit + 64 * 1024),
+                   ("grpc.max_send_message_length", limit)]
+        with grpc.insecure_channel(default.address, options=options) as channel:
+            stub = pb_grpc.EventStoreStub(channel)
+            saved: list[str] = []
+            for first in range(0, 70, 10):
+                batch = [event({"i": i, "pad": "p" * 1_000_000}) for i in range(first, first + 10)]
+                stub.SaveEvents(save(stream="mb", events=batch), metadata=AUTH, timeout=60)
+                saved += [e.event_id for e in batch]
+            read: list[str] = []
+            pages: list[tuple[int, bool]] = []
+            cursor: pb.Position | None = None
+            while len(pages) < 10:
+                page = stub.GetEvents(pb.GetEventsRequest(boundary="limits", stream=pb.GetStreamQuery(name="mb"),
+                                                          count=100, last_retrieved_position=cursor),
+                                      metadata=AUTH, timeout=60)
+                assert page.ByteSize() <= limit
+                read += [e.event_id for e in page.events]
+                pages.append((len(page.events), page.truncated))
+                if not page.truncated:
+                    break
+                cursor = page.events[-1].position
+    assert read == saved
+    assert [truncated for _, truncated in pages] == [True, False]
+    assert not logged_errors()
