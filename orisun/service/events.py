@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from orisun.errors import PermissionDenied
+from orisun.errors import PermissionDenied, quoted
 from orisun.model import Event, ReadRequest, SaveRequest, User, WriteResult
 from orisun.service import validation
 from orisun.storage.database import Database
@@ -50,7 +50,8 @@ class EventStore:
 
     async def save(self, user: User, request: SaveRequest) -> WriteResult:
         if not user.can_write:
-            raise PermissionDenied(f"user {user.username!r} may not write events (needs role ADMIN or OPERATIONS)")
+            raise PermissionDenied(f"user {quoted(user.username)} may not write events "
+                                   "(needs role ADMIN or OPERATIONS)")
         validation.check_boundary(request.boundary)
         schema = self._db.schema(request.boundary)
         validation.check_save(request, max_event_bytes=self._max_event_bytes)
