@@ -153,7 +153,7 @@ def test_a_quoted_value_is_a_bounded_prefix_with_the_full_size() -> None:
     text = errors.quoted("é" * 20_000)
     assert text.startswith("'" + "é" * 10) and "40000 bytes" in text
     assert len(text) < 120
-    # Lone surrogates (possible in a decoded proto string? no, but in Python strings) do not crash it.
+    # A lone surrogate (impossible in a decoded proto string, possible in other callers' text) is fine too.
     assert "bytes" in errors.quoted("\ud800" * 100)
 
 
