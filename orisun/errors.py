@@ -51,3 +51,20 @@ class Unavailable(OrisunError):
 
 class Unimplemented(OrisunError):
     """The call exists in the contract but this server does not implement it yet."""
+
+
+QUOTE_LIMIT = 64
+
+
+def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` quoted for a message that reaches the client: ``repr`` of at most ``limit``
+    characters, with the full size in bytes when it is longer.
+
+    A message carries a client's input back in the status trailer, which clients cap (8-16 KiB):
+    echoing a 20,000-byte name whole made the client see RESOURCE_EXHAUSTED instead of the real
+    error. ``repr`` also makes control characters and lone surrogates visible and harmless.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    return f"{value[:limit]!r}… ({size} bytes)"

@@ -139,10 +139,12 @@ class GetEventsRequest(_message.Message):
     def __init__(self, query: _Optional[_Union[Query, _Mapping]] = ..., from_position: _Optional[_Union[Position, _Mapping]] = ..., count: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., boundary: _Optional[str] = ..., stream: _Optional[_Union[GetStreamQuery, _Mapping]] = ..., last_retrieved_position: _Optional[_Union[Position, _Mapping]] = ...) -> None: ...
 
 class GetEventsResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "truncated")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class CatchUpSubscribeToEventStoreRequest(_message.Message):
     __slots__ = ("position", "query", "subscriber_name", "boundary")

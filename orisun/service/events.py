@@ -5,13 +5,32 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from orisun.errors import PermissionDenied
+from orisun.errors import PermissionDenied, quoted
 from orisun.model import Event, ReadRequest, SaveRequest, User, WriteResult
 from orisun.service import validation
 from orisun.storage.database import Database
 from orisun.storage.events import read_events
 from orisun.storage.writer import BoundaryWriter
+
+T = TypeVar("T")
+
+# A page of GetEvents is read from PostgreSQL in chunks, so that a page cut by its size does not
+# first load all `count` events (10,000 events of 1 MB would be 10 GB): the first chunk is a whole
+# default page (one statement, as before, for the usual reads), the next ones are sized from the
+# events seen so far to fill what is left, and hold at most MAX_CHUNK events, which bounds the
+# excess when large events follow small ones.
+FIRST_CHUNK = validation.DEFAULT_COUNT
+MAX_CHUNK = 1_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Page(Generic[T]):
+    """A page of encoded events; ``truncated``: the next event existed but did not fit."""
+
+    items: list[T]
+    truncated: bool
 
 
 class EventStore:
@@ -31,7 +50,8 @@ class EventStore:
 
     async def save(self, user: User, request: SaveRequest) -> WriteResult:
         if not user.can_write:
-            raise PermissionDenied(f"user {user.username!r} may not write events (needs role ADMIN or OPERATIONS)")
+            raise PermissionDenied(f"user {quoted(user.username)} may not write events "
+                                   "(needs role ADMIN or OPERATIONS)")
         validation.check_boundary(request.boundary)
         schema = self._db.schema(request.boundary)
         validation.check_save(request, max_event_bytes=self._max_event_bytes)
@@ -44,6 +64,38 @@ class EventStore:
         if request.count == 0:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
         return await read_events(self._db, schema, request)
+
+    async def read_page(
+        self, user: User, request: ReadRequest, *, encode: Callable[[Event], tuple[T, int]], max_bytes: int
+    ) -> Page[T]:
+        """At most ``request.count`` events, encoded, of at most ``max_bytes`` together (by the
+        sizes ``encode`` returns), except that a page always holds its first event.
+
+        The page is read in chunks, each continuing after the last event read. That is the same
+        page one statement would read: positions are assigned in commit order, so whatever was
+        committed in between comes after every event already read (ASC) or above the cursor (DESC).
+        """
+        validation.check_boundary(request.boundary)
+        schema = self._db.schema(request.boundary)
+        validation.check_read(request)
+        count = request.count or validation.DEFAULT_COUNT
+        items: list[T] = []
+        used = 0
+        chunk = min(count, FIRST_CHUNK)
+        part = dataclasses.replace(request, count=chunk)
+        while True:
+            events = await read_events(self._db, schema, part)
+            for event in events:
+                item, size = encode(event)
+                if items and used + size > max_bytes:
+                    return Page(items, truncated=True)
+                items.append(item)
+                used += size
+            if len(events) < part.count or len(items) == count:
+                return Page(items, truncated=False)
+            average = used / len(items)
+            chunk = min(count - len(items), MAX_CHUNK, int((max_bytes - used) / average) + 1)
+            part = dataclasses.replace(request, after=events[-1].position, count=max(1, chunk))
 
     async def close(self) -> None:
         await asyncio.gather(*(writer.close() for writer in self._writers.values()))

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import AsyncGenerator
 
-from orisun.errors import InvalidArgument, PermissionDenied
+from orisun.errors import InvalidArgument, PermissionDenied, quoted
 from orisun.messaging.pubsub import ConsumerStatus, PubSub, PubSubMessage
 from orisun.model import User
 
@@ -21,8 +21,11 @@ MAX_SUBJECT_BYTES = 256
 def _check_subject(subject: str, pattern: re.Pattern[str], what: str) -> None:
     if not subject:
         raise InvalidArgument("subject: is required")
-    if len(subject.encode()) > MAX_SUBJECT_BYTES or not pattern.fullmatch(subject):
-        raise InvalidArgument(f"subject: {subject!r} is not {what} (dot-separated tokens of letters, digits, _ and -)")
+    if len(subject.encode()) > MAX_SUBJECT_BYTES:
+        raise InvalidArgument(f"subject: is {len(subject.encode())} bytes, more than the {MAX_SUBJECT_BYTES} allowed")
+    if not pattern.fullmatch(subject):
+        raise InvalidArgument(f"subject: {quoted(subject)} is not {what} "
+                              "(dot-separated tokens of letters, digits, _ and -)")
 
 
 class PubSubService:
@@ -52,7 +55,7 @@ class PubSubService:
     async def subscribe(self, user: User, subject: str, consumer_name: str) -> AsyncGenerator[PubSubMessage, None]:
         _check_subject(subject, SUBSCRIBE_SUBJECT, "a subject to subscribe to")
         if not CONSUMER_NAME.fullmatch(consumer_name):
-            raise InvalidArgument(f"consumer_name: {consumer_name!r} must be 1-64 letters, digits, _ or -")
+            raise InvalidArgument(f"consumer_name: {quoted(consumer_name)} must be 1-64 letters, digits, _ or -")
         # aclosing: a cancelled client must release its pull subscription now, not at GC.
         async with contextlib.aclosing(self._pubsub.subscribe(subject, consumer_name)) as messages:
             async for message in messages:

@@ -31,7 +31,7 @@ from loguru import logger
 from nats.aio.client import Client
 
 from orisun.aio import cancel_and_wait
-from orisun.errors import AlreadyExists, InvalidArgument, Unavailable
+from orisun.errors import AlreadyExists, InvalidArgument, Unavailable, quoted
 from orisun.messaging.feed import follow
 from orisun.model import EVENT_TYPE_TAG_ALIASES, Event, Position, Query, User, narrowing
 from orisun.service import validation
@@ -313,7 +313,8 @@ class Subscriptions:
         schema = self._db.schema(boundary)
         validation.check_query("query", query)
         if name and not SUBSCRIBER_NAME.fullmatch(name):
-            raise InvalidArgument(f"subscriber_name: {name!r} must be 1-128 printable ASCII characters without spaces")
+            raise InvalidArgument(f"subscriber_name: {quoted(name)} must be 1-128 printable ASCII characters "
+                                  "without spaces")
         after = after or Position(0, 0)
         query = narrowing(query)
         claim = await self._claim(schema, boundary, name) if name else None
@@ -337,7 +338,7 @@ class Subscriptions:
                 try:
                     while True:
                         if claim is not None and claim.lost.is_set():
-                            raise Unavailable(f"subscriber_name {name!r}: this node lost its lock on the name "
+                            raise Unavailable(f"subscriber_name {quoted(name)}: this node lost its lock on the name "
                                               "(PostgreSQL connection); subscribe again")
                         events = tail.after(cursor)
                         if not events:
@@ -358,7 +359,7 @@ class Subscriptions:
 
     async def _claim(self, schema: str, boundary: str, name: str) -> _Claim:
         key = (schema, name)
-        taken = AlreadyExists(f"subscriber_name {name!r} is already subscribed to boundary {boundary!r}")
+        taken = AlreadyExists(f"subscriber_name {quoted(name)} is already subscribed to boundary {quoted(boundary)}")
         if key in self._claims:
             raise taken
         claim = self._claims[key] = _Claim(self._locks.generation)  # reserved while we ask PostgreSQL

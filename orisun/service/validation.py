@@ -10,12 +10,15 @@ import json
 import re
 from typing import NoReturn
 
-from orisun.errors import InvalidArgument
+from orisun.errors import InvalidArgument, quoted
 from orisun.model import ANY_VERSION, Query, ReadRequest, SaveRequest
 
 # Documented in the README ("Limits"). Keys and values sit in a B-tree index whose entries must
 # stay below PostgreSQL's ~2.7 kB limit, hence the tag sizes.
 MAX_EVENTS_PER_WRITE = 10_000
+# A boundary is configured as a PostgreSQL identifier (config.validate_identifier), so no longer
+# name can exist; refusing it here keeps it out of every later message.
+MAX_BOUNDARY_BYTES = 63
 MAX_STREAM_NAME_BYTES = 512
 MAX_EVENT_TYPE_BYTES = 512
 MAX_TAGS_PER_EVENT = 100
@@ -83,8 +86,7 @@ def _json(field: str, value: str) -> None:
 
 
 def check_boundary(boundary: str) -> None:
-    if not boundary:
-        _fail("boundary", "is required")
+    _text("boundary", boundary, max_bytes=MAX_BOUNDARY_BYTES)
 
 
 def check_query(field: str, query: Query | None) -> None:
@@ -116,7 +118,8 @@ def check_save(request: SaveRequest, *, max_event_bytes: int) -> None:
     for i, event in enumerate(request.events):
         field = f"events[{i}]"
         if not _UUID.fullmatch(event.event_id):
-            _fail(f"{field}.event_id", f"{event.event_id!r} is not a UUID (like 0191b93c-5f3c-75c8-92ce-5a3300709178)")
+            _fail(f"{field}.event_id",
+                  f"{quoted(event.event_id)} is not a UUID (like 0191b93c-5f3c-75c8-92ce-5a3300709178)")
         lowered = event.event_id.lower()
         if lowered in seen:
             _fail(f"{field}.event_id", f"{event.event_id} repeats events[{seen[lowered]}].event_id")

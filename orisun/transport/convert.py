@@ -23,6 +23,15 @@ from orisun.model import (
 
 _DIRECTIONS = {pb.ASC: Direction.ASC, pb.DESC: Direction.DESC}
 
+# A GetEvents page holds at most ORISUN_GRPC_MAX_MESSAGE_SIZE bytes, less this room for the
+# `truncated` field. Only the pages that used to fail are cut: a client that pages until it gets
+# fewer than `count` events still reads all it could read before.
+PAGE_ROOM = 16
+# What the server may send beyond what it accepts (ORISUN_GRPC_MAX_MESSAGE_SIZE): a stored event
+# carries a position, a timestamp and a version beyond the EventToSave that came in, and every
+# event that could be saved must be readable, alone in a page or in a subscription.
+SEND_HEADROOM = 64 * 1024
+
 
 def query_from_proto(message: pb.Query) -> Query:
     return Query(tuple(Criterion(tuple(Tag(t.key, t.value) for t in c.tags)) for c in message.criteria))
@@ -104,6 +113,17 @@ def _timestamp(moment: datetime) -> Timestamp:
     # Integer arithmetic: Timestamp.FromDatetime costs more than the rest of an event's conversion.
     delta = moment - _EPOCH
     return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def event_entry(event: Event) -> tuple[pb.Event, int]:
+    """``event`` as a proto and the bytes it adds to a GetEventsResponse (field tag, length, body)."""
+    message = event_to_proto(event)
+    size = message.ByteSize()
+    return message, 1 + _varint_size(size) + size
 
 
 def event_to_proto(event: Event) -> pb.Event:

@@ -16,6 +16,7 @@ from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
 from orisun.tls import TlsMaterial
 from orisun.transport.auth import AuthInterceptor, Gate
+from orisun.transport.convert import PAGE_ROOM, SEND_HEADROOM
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
 
@@ -41,13 +42,14 @@ class GrpcServer:
             interceptors=[AuthInterceptor(users, self._gate)],
             options=[
                 ("grpc.max_receive_message_length", max_message_size),
-                ("grpc.max_send_message_length", max_message_size),
+                ("grpc.max_send_message_length", max_message_size + SEND_HEADROOM),
                 # gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port
                 # silently and steal half the connections. A port in use must be an error.
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_EventStoreServicer_to_server(EventStoreServicer(events, subscriptions, pubsub), self.server)  # type: ignore[no-untyped-call]
+        servicer = EventStoreServicer(events, subscriptions, pubsub, page_bytes=max(1, max_message_size - PAGE_ROOM))
+        pb_grpc.add_EventStoreServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -22,8 +22,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStore"].full_name
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
-    def __init__(self, events: EventStore, subscriptions: Subscriptions, pubsub: PubSubService) -> None:
+    def __init__(
+        self, events: EventStore, subscriptions: Subscriptions, pubsub: PubSubService, *, page_bytes: int
+    ) -> None:
         self._events = events
+        self._page_bytes = page_bytes  # the most a GetEvents page holds, unless its one event is larger
         self._subscriptions = subscriptions
         self._pubsub = pubsub
 
@@ -36,8 +39,9 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     async def GetEvents(
         self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEventsResponse:
-        events = await self._events.read(current_user.get(), convert.read_request_from_proto(request))
-        return pb.GetEventsResponse(events=[convert.event_to_proto(e) for e in events])
+        page = await self._events.read_page(current_user.get(), convert.read_request_from_proto(request),
+                                            encode=convert.event_entry, max_bytes=self._page_bytes)
+        return pb.GetEventsResponse(events=page.items, truncated=page.truncated)
 
     @translate_errors
     async def SubscribeToEvents(
