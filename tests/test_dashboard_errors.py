@@ -158,6 +158,12 @@ def test_json_body_in_utf_8_with_its_charset_is_fine(dash: ServerThread, log: Lo
 def test_json_body_that_is_not_utf_8_or_too_large(admin: Client, log: Log) -> None:
     assert_error(admin.request("POST", "/api/login", body=b'{"username": "\xff", "password": "x"}'), 400, "body")
     assert_error(admin.request("POST", "/api/users", body=b'{"name": "' + b"x" * 2_000_000 + b'"}'), 413)
+    # 64 KiB at most, except to name a user to delete (older names could be longer).
+    assert_error(admin.request("POST", "/api/login", body=b'{"username": "' + b"x" * 70_000 + b'"}'), 413)
+    assert_error(admin.request("DELETE", "/api/users", body=b'{"username": "' + b"x" * 70_000 + b'"}'), 404)
+    assert_error(admin.request("DELETE", "/api/users", body=b'{"username": "' + b"x" * 1_100_000 + b'"}'), 413)
+    # A number too long for Python's int() is no JSONDecodeError.
+    assert_error(admin.request("POST", "/api/login", body=b'{"username": ' + b"1" * 5000 + b"}"), 400, "body")
     log.assert_no_fault()
 
 
