@@ -16,9 +16,10 @@ _FORMAT = (
 
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: any of them
 # in client-supplied text (a path with %0a, a header with an escape sequence) would let a client
-# forge log lines or drive the terminal that shows the log.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# forge log lines or drive the terminal that shows the log. Tab stays: it cannot, and PostgreSQL's
+# own lines (relayed from the child) indent with it.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
 def _escape(match: re.Match[str]) -> str:

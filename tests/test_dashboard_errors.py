@@ -231,8 +231,9 @@ def test_cursor_takes_only_ascii_digits(admin: Client, log: Log, after: str) -> 
 
 def test_control_characters_are_escaped() -> None:
     escape_control = logs.escape_control
-    assert (escape_control("a\nb\rc\x1b[31md\x00e\x7f\x85\u2028f\tg")
-            == "a\\nb\\rc\\x1b[31md\\x00e\\x7f\\x85\\u2028f\\tg")
+    assert (escape_control("a\nb\rc\x1b[31md\x00e\x7f\x85\u2028f\x0bg")
+            == "a\\nb\\rc\\x1b[31md\\x00e\\x7f\\x85\\u2028f\\x0bg")
+    assert escape_control("a\tb") == "a\tb"  # a tab cannot forge a line; PostgreSQL's lines use it
     assert escape_control("plain text, ünïcödé and a \\ backslash") == "plain text, ünïcödé and a \\ backslash"
 
 

@@ -237,7 +237,7 @@ class Dashboard:
         origin = request.headers.get("Origin")
         # Host only, not scheme: behind a TLS proxy the page is https while this server sees http.
         if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
-            return _error(403, f"Origin {origin!r} is not this dashboard")
+            return _error(403, f"Origin {quote(origin)} is not this dashboard")
         if request.content_type != "application/json":
             return _error(415, "Content-Type: must be application/json")
         session = request.get(SESSION)
