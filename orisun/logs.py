@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from loguru import logger
@@ -11,6 +12,24 @@ _FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
     "<cyan>{name}</cyan> {message}{extra[child_suffix]}"
 )
+
+
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: any of them
+# in client-supplied text (a path with %0a, a header with an escape sequence) would let a client
+# forge log lines or drive the terminal that shows the log. Tab stays: it cannot, and PostgreSQL's
+# own lines (relayed from the child) indent with it.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with control characters as Python-style escapes (``\\n``, ``\\x1b``), so it stays one line."""
+    return _CONTROL.sub(_escape, text)
 
 
 class _InterceptHandler(logging.Handler):
@@ -25,6 +44,8 @@ class _InterceptHandler(logging.Handler):
 
 
 def _patch(record: dict) -> None:  # type: ignore[type-arg]
+    # Every record, whoever wrote it (Orisun, a library, a child process's line): one record, one line.
+    record["message"] = escape_control(record["message"])
     child = record["extra"].get("child")
     record["extra"]["child_suffix"] = f" [{child}]" if child else ""
 

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import math
+import re
 import ssl
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -21,9 +23,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
-from orisun.dashboard._convert import event_json, read_request, stream_filter, tail_query, user_json
+from orisun.dashboard._convert import (
+    MAX_COUNT,
+    event_json,
+    parse_int,
+    quote,
+    read_request,
+    stream_filter,
+    tail_query,
+    user_json,
+)
 from orisun.dashboard._sessions import LoginThrottle, Session, Sessions, csrf_ok
 from orisun.errors import (
     AlreadyExists,
@@ -35,18 +47,30 @@ from orisun.errors import (
     Unauthenticated,
     Unavailable,
 )
+from orisun.logs import escape_control
 from orisun.model import Position, Role, User
 from orisun.service.events import EventStore
 from orisun.service.monitor import Monitor
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
+from orisun.service.validation import is_storable
 
 COOKIE = "orisun_session"
 CSRF_HEADER = "X-CSRF-Token"
 KEEPALIVE = 15.0  # seconds between comments on a quiet live tail, so proxies keep it open
 DISCONNECT_CHECK = 1.0  # seconds between checks that a quiet live tail's client is still there
 STATIC = Path(str(resources.files("orisun.dashboard").joinpath("static")))
+# A static file's path: a few segments of letters, digits, '.', '_' and '-', none starting with a
+# dot. Anything else is a 404 before the file system is asked (a 5,000-character name made the
+# operating system fail with ENAMETOOLONG; NUL, '..' and hidden files never reach it either).
+_STATIC_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,99}){0,3}")
+MAX_JSON_DEPTH = 64  # nesting of a request's JSON body; the dashboard's bodies are flat objects
+# A request body: 64 KiB is plenty for every form; only DELETE /api/users takes up to 1 MiB, for
+# a name stored before usernames were limited (they could be that long). Parsing is the cost: a
+# 1 MiB body of empty lists costs ~0.2 s of CPU, so the login (open to anyone) gets the small limit.
+MAX_BODY_BYTES = 64 * 1024
+MAX_LARGE_BODY_BYTES = 1024 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Answer without a session: the login page and its assets, and the login itself.
 _PUBLIC = frozenset({("GET", "/login"), ("HEAD", "/login"), ("POST", "/api/login")})
@@ -122,12 +146,13 @@ class Dashboard:
     # --- Lifecycle ---------------------------------------------------------------------------
 
     def _build(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._authenticate, self._forgery])
+        app = web.Application(middlewares=[self._errors, self._authenticate, self._forgery],
+                              client_max_size=MAX_LARGE_BODY_BYTES)
         app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/", self._page("index.html"))
         r.add_get("/login", self._page("login.html"))
-        r.add_static("/static", STATIC, follow_symlinks=False)
+        r.add_get("/static/{path:.*}", self._static)
         r.add_post("/api/login", self.login)
         r.add_post("/api/logout", self.logout)
         r.add_get("/api/session", self.session)
@@ -140,11 +165,15 @@ class Dashboard:
         r.add_post("/api/users", self.create_user)
         r.add_post("/api/users/{username}/password", self.change_password)
         r.add_delete("/api/users/{username}", self.delete_user)
+        r.add_delete("/api/users", self.delete_user_named)  # any stored name, even one too long for a URL
         return app
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
+        # aiohttp answers a request it cannot parse (400) with a request object of its own, outside
+        # the application and its on_response_prepare: have those carry the security headers too.
+        self._runner.server.request_factory = self._make_request  # type: ignore[union-attr]
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
             await site.start()
@@ -182,7 +211,9 @@ class Dashboard:
             raise
         except Exception:
             incident = uuid.uuid4().hex[:12]
-            logger.exception("Dashboard: {} {} failed, incident {}", request.method, request.path, incident)
+            # The path is the client's (decoded: %0a is a line feed): escaped, it cannot forge log lines.
+            logger.exception("Dashboard: {} {} failed, incident {}", request.method, escape_control(request.path),
+                             incident)
             return _error(500, f"internal error (incident {incident}); the details are in the server log")
 
     @web.middleware
@@ -210,7 +241,7 @@ class Dashboard:
         origin = request.headers.get("Origin")
         # Host only, not scheme: behind a TLS proxy the page is https while this server sees http.
         if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
-            return _error(403, f"Origin {origin!r} is not this dashboard")
+            return _error(403, f"Origin {quote(origin)} is not this dashboard")
         if request.content_type != "application/json":
             return _error(415, "Content-Type: must be application/json")
         session = request.get(SESSION)
@@ -223,6 +254,9 @@ class Dashboard:
         if request.path.startswith("/api/"):
             response.headers["Cache-Control"] = "no-store"
 
+    def _make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.Request:
+        return self.app._make_request(message, payload, protocol, writer, task, _cls=_SecuredRequest)
+
     # --- Pages -------------------------------------------------------------------------------
 
     @staticmethod
@@ -231,6 +265,13 @@ class Dashboard:
             return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
 
         return page
+
+    @staticmethod
+    async def _static(request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        if not _STATIC_PATH.fullmatch(path) or not (file := STATIC / path).is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(file)
 
     # --- Session -----------------------------------------------------------------------------
 
@@ -306,12 +347,10 @@ class Dashboard:
 
     async def list_streams(self, request: web.Request) -> web.StreamResponse:
         query = request.query
-        count_text = query.get("count", "50")
-        if not count_text.isdigit():
-            raise InvalidArgument(f"count: {count_text!r} is not a number")
+        count = parse_int("count", query.get("count", "50"), 1, MAX_COUNT)
         streams = await self.monitor.streams(request.match_info["boundary"], after=query.get("after", ""),
-                                             prefix=query.get("prefix", ""), limit=int(count_text))
-        full = len(streams) == int(count_text)
+                                             prefix=query.get("prefix", ""), limit=count)
+        full = len(streams) == count
         return web.json_response({
             "streams": [{"name": s.name, "version": s.version, "updated_at": s.updated_at.isoformat()}
                         for s in streams],
@@ -408,19 +447,28 @@ class Dashboard:
     async def change_password(self, request: web.Request) -> web.StreamResponse:
         self._admin(request)
         body = await _json_body(request)
-        username = request.match_info["username"]
+        username = _username_in_path(request)
         await self.users.change_password(username, _text(body, "password"))
-        logger.info("Dashboard: {!r} changed the password of {!r}", request[USER].username, username)
+        logger.info("Dashboard: {} changed the password of {}", quote(request[USER].username), quote(username))
         return web.Response(status=204)
 
     async def delete_user(self, request: web.Request) -> web.StreamResponse:
+        return await self._delete_user(request, _username_in_path(request))
+
+    async def delete_user_named(self, request: web.Request) -> web.StreamResponse:
+        """DELETE /api/users {"username"}: the name in the body, so that no URL length limit stands
+        in the way (names were unlimited before MAX_USERNAME_CHARS)."""
+        self._admin(request)
+        body = await _json_body(request, max_bytes=MAX_LARGE_BODY_BYTES)
+        return await self._delete_user(request, _text(body, "username"))
+
+    async def _delete_user(self, request: web.Request, username: str) -> web.StreamResponse:
         me = self._admin(request)
-        username = request.match_info["username"]
         if username == me.username:
             raise InvalidArgument("username: you cannot delete yourself")
         await self.users.delete(username)
         self.sessions.end_user(username)
-        logger.info("Dashboard: {!r} deleted user {!r}", me.username, username)
+        logger.info("Dashboard: {} deleted user {}", quote(me.username), quote(username))
         return web.Response(status=204)
 
 
@@ -439,11 +487,83 @@ async def _pump(events: AsyncGenerator[Any, None], queue: asyncio.Queue[Any]) ->
         await events.aclose()
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+class _SecuredRequest(web.Request):
+    """A request whose answers always carry the security headers, also the 400 that aiohttp makes
+    of a request it cannot parse (no route matched it, so the application's signal never runs)."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        response.headers.update(_SECURITY_HEADERS)
+        await super()._prepare_hook(response)
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse as an error with a traceback, its message quoting
+    the client's bytes across lines. It is the client's mistake: one escaped line at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "unknown"
+            record.msg = "Dashboard: malformed HTTP request from %s (answered %s): %s"
+            record.args = (remote, error.code, escape_control(error.message[:200]))
+            record.exc_info, record.exc_text = None, None
+            record.levelno = min(record.levelno, logging.INFO)  # aiohttp logs some at DEBUG already
+            record.levelname = logging.getLevelName(record.levelno)
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
+
+
+def _username_in_path(request: web.Request) -> str:
+    """The {username} of a path; one PostgreSQL cannot store (NUL, lone surrogate) cannot exist."""
+    username = request.match_info["username"]
+    if not is_storable(username):
+        raise InvalidArgument("username: must be text without NUL characters or lone surrogates")
+    return username
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests containers more than ``limit`` deep (level by level, no recursion:
+    ~50 ms for 1 MiB of empty lists)."""
+    level = [value]
+    depth = 0
+    while level:
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            return False
+        depth += 1
+        if depth > limit:
+            return True
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return False
+
+
+async def _json_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's JSON object, read the one way every route reads one: at most ``max_bytes``
+    (413 beyond), UTF-8 (415 for another charset), at most MAX_JSON_DEPTH levels deep."""
+    charset = request.charset
+    if charset is not None and charset.lower().replace("-", "").replace("_", "") != "utf8":
+        raise web.HTTPUnsupportedMediaType(reason="Content-Type: the charset must be utf-8")
+    size, raw = request.content_length or 0, b""
+    if size <= max_bytes:  # else refused unread
+        raw = await request.read()  # a chunked body: read up to client_max_size
+        size = len(raw)
+    if size > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size,
+                                            reason=f"body: larger than {max_bytes} bytes")
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = raw.decode("utf-8")
+        body = json.loads(text)
+    except UnicodeDecodeError:
+        raise InvalidArgument("body: is not UTF-8") from None
+    except RecursionError:
+        raise InvalidArgument(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # also a number of more than 4,300 digits, which is no JSONDecodeError
         raise InvalidArgument("body: is not valid JSON") from None
+    # Counting brackets first spares the walk for every ordinary (flat) body.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
+        raise InvalidArgument(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
         raise InvalidArgument("body: must be a JSON object")
     return body
@@ -455,6 +575,8 @@ def _text(body: dict[str, Any], field: str, *, required: bool = True) -> str:
         raise InvalidArgument(f"{field}: must be a string")
     if required and not value:
         raise InvalidArgument(f"{field}: is required")
+    if not is_storable(value):  # JSON's \ud800 escapes make lone surrogates, which cannot be encoded
+        raise InvalidArgument(f"{field}: must be text without NUL characters or lone surrogates")
     return value
 
 

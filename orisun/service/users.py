@@ -18,6 +18,10 @@ from orisun.service import validation
 from orisun.storage.users import UserRecord, UserStore
 
 _MAX_PASSWORD_BYTES = 1024
+# Documented in the README (admin dashboard). Names used to be unlimited: a 9,000-character one
+# made a URL too long to delete it with. Existing longer names still authenticate and can be
+# deleted (the dashboard's DELETE /api/users takes the name in the body).
+MAX_USERNAME_CHARS = 128
 
 # argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~65 ms a hash on these
 # 2-vCPU machines, against ~500 ms for argon2-cffi's defaults, which would make every first call of
@@ -120,6 +124,8 @@ class Users:
         validation.check_storable("username", username)
         if not username.strip():
             raise InvalidArgument("username must not be empty")
+        if len(username) > MAX_USERNAME_CHARS:
+            raise InvalidArgument(f"username: must be at most {MAX_USERNAME_CHARS} characters, not {len(username)}")
         if ":" in username:
             raise InvalidArgument("username must not contain ':' (Basic auth separates user and password with it)")
         _validate_password(password)

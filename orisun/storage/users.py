@@ -86,13 +86,15 @@ async def listen_for_user_changes(
     """Call ``changed(username)`` for every update or delete of a user in ``schema``, forever.
 
     ``changed(None)`` means every cached credential must go: the listening connection was
-    (re)made, and a change may have been missed while it was down. Cancel the task to stop.
+    (re)made, and a change may have been missed while it was down; or the change was to a user
+    whose name is too long for a notification (admin/0004). Cancel the task to stop.
     """
 
     def on_payload(payload: dict[str, Any] | None) -> None:
         if payload is None:
             changed(None)
         elif payload.get("schema") == schema:
-            changed(str(payload.get("username")))
+            username = payload.get("username")
+            changed(username if isinstance(username, str) else None)
 
     await listen(conninfo, USERS_CHANGED_CHANNEL, on_payload, ready=ready)

@@ -103,7 +103,8 @@ export async function renderUsers(view, params, signal) {
       setAlert(notice, "");
       setAlert(listError, "");
       try {
-        await api(`/api/users/${enc(user.username)}`, { method: "DELETE", signal });
+        // The name in the body: a name stored before the length limit may be too long for a URL.
+        await api("/api/users", { method: "DELETE", body: { username: user.username }, signal });
         setAlert(notice, `User ${user.username} deleted.`);
       } catch (err) {
         if (isQuiet(err)) return;
