@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -53,21 +53,21 @@ class Store:
         return await read_events(self.db, SCHEMA, ReadRequest(BOUNDARY, count=10_000))
 
 
-async def _with_store(conninfo: str, test: object) -> None:
+async def _with_store(conninfo: str, test: Callable[[Store], Awaitable[None]]) -> None:
     db = Database(conninfo, BOUNDARIES, pool_size=2)
     await db.open(10)
     try:
         await migrate(db, "orisun_admin")
         store = Store(db)
         try:
-            await test(store)  # type: ignore[operator]
+            await test(store)
         finally:
             await store.writer.close()
     finally:
         await db.close()
 
 
-def run(database: str, test: object) -> None:
+def run(database: str, test: Callable[[Store], Awaitable[None]]) -> None:
     asyncio.run(_with_store(database, test))
 
 
