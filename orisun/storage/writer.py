@@ -233,8 +233,7 @@ def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exc
     if outcome == "conflict":
         return AlreadyExists(f"stream {request.stream!r}: {detail}")
     if outcome == "duplicate":
-        assert isinstance(detail, str)
-        event_id, _, why = detail.partition(" ")
+        event_id, _, why = (detail if isinstance(detail, str) else "").partition(" ")
         return AlreadyExists(f"event_id {event_id} already exists {_REUSE.get(why, _REUSE['write'])}")
     return RuntimeError(f"append_events returned unknown outcome {outcome!r}")
 
