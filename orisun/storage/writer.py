@@ -210,6 +210,21 @@ class BoundaryWriter:
                 return await cursor.fetchall()
 
 
+# Why a reuse of stored event ids is not a retry (append_events' r_detail is "<id> <why>"). The
+# id is a canonical UUID read from the database, so the message stays short.
+_REUSE = {
+    "stream": "in another stream (event ids are unique per boundary)",
+    "content": (
+        "with other content: a retry must resend the write unchanged (same event_type, data, metadata "
+        "and tags); a new event needs a new event_id"
+    ),
+    "write": (
+        "(event ids are unique per boundary): a retry must resend exactly the events of one earlier "
+        "write, in the same order, no more and no fewer"
+    ),
+}
+
+
 def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exception:
     _, outcome, commit, prepare, version, detail = row[:6]
     if outcome in ("ok", "idempotent"):
@@ -218,7 +233,8 @@ def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exc
     if outcome == "conflict":
         return AlreadyExists(f"stream {request.stream!r}: {detail}")
     if outcome == "duplicate":
-        return AlreadyExists(f"event_id {detail} already exists (event ids are unique per boundary)")
+        event_id, _, why = (detail if isinstance(detail, str) else "").partition(" ")
+        return AlreadyExists(f"event_id {event_id} already exists {_REUSE.get(why, _REUSE['write'])}")
     return RuntimeError(f"append_events returned unknown outcome {outcome!r}")
 
 
