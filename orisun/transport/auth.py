@@ -153,8 +153,8 @@ def _short(value: str, limit: int = 64) -> str:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, users: Users, gate: Gate) -> None:
-        self._users = users
-        self._gate = gate
+        self.users = users
+        self.gate = gate
         self._undecodable_log = QuietLog()
         self._login_log = QuietLog()
 
@@ -169,8 +169,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         if method.startswith(_OPEN_PREFIXES):
             return _Call(self, handler, method, None).handler()
-        if self._gate.closed:
-            self._gate.refused()
+        if self.gate.closed:
+            self.gate.refused()
             return _refusing(handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")
         return _Call(self, handler, method, handler_call_details.invocation_metadata).handler()
 
@@ -184,7 +184,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise
         try:
-            return await self._users.sign_in(username, password, address)
+            return await self.users.sign_in(username, password, address)
         except OrisunError as exc:
             # Unauthenticated (maybe Throttled), or Unavailable when the users table cannot be read.
             code, message = status_of(exc)
@@ -315,7 +315,7 @@ class _Call:
         if credential is None:
             return None, lambda: None
         revocation = _Revocation(credential.user.username)
-        return revocation, self._interceptor._users.watch(credential, revocation.revoke)
+        return revocation, self._interceptor.users.watch(credential, revocation.revoke)
 
     async def _generator(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         # A streaming response: not counted by the gate (a subscription has no end to wait for at
@@ -363,7 +363,7 @@ class _Call:
                 unwatch()
         if self._open:
             return await _result(self._behavior(request, inner_context))
-        gate = self._interceptor._gate
+        gate = self._interceptor.gate
         gate.enter()
         try:
             return await _result(self._behavior(request, inner_context))
