@@ -119,11 +119,12 @@ def client_address(peer: str) -> str:
 
 
 class QuietLog:
-    """Warnings at most ``burst`` per ``interval`` seconds, each cut to ``width`` characters; the
-    lines left out are counted and reported with the next one that passes (an anonymous client
-    must not be able to flood the log)."""
+    """Lines at ``level``, at most ``burst`` per ``interval`` seconds, each cut to ``width``
+    characters; the lines left out are counted and reported with the next one that passes (an
+    anonymous client must not be able to flood the log)."""
 
-    def __init__(self, burst: int = 10, interval: float = 60.0, width: int = 300) -> None:
+    def __init__(self, level: str = "WARNING", burst: int = 10, interval: float = 60.0, width: int = 300) -> None:
+        self.level = level
         self.burst = burst
         self.interval = interval
         self.width = width
@@ -131,7 +132,7 @@ class QuietLog:
         self._sent = 0
         self._suppressed = 0
 
-    def warning(self, text: str) -> None:
+    def __call__(self, text: str) -> None:
         now = time.monotonic()
         if now - self._window_start >= self.interval:
             self._window_start, self._sent = now, 0
@@ -143,7 +144,7 @@ class QuietLog:
         if self._suppressed:
             text += f" ({self._suppressed} similar lines left out)"
             self._suppressed = 0
-        logger.warning("{}", text)
+        logger.log(self.level, "{}", text)
 
 
 def _short(value: str, limit: int = 64) -> str:
@@ -156,7 +157,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.users = users
         self.gate = gate
         self._undecodable_log = QuietLog()
-        self._login_log = QuietLog()
+        self._login_log = QuietLog()  # wrong passwords, throttled logins
+        self._refusal_log = QuietLog("DEBUG")  # no or malformed credentials, users table unreachable
 
     async def intercept_service(
         self,
@@ -180,7 +182,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         try:
             username, password = parse_basic(_header(metadata))
         except Unauthenticated as exc:
-            logger.debug("Refused {} from {}: {}", method, address, exc)
+            self._refusal_log(f"Refused {method} from {address}: {exc}")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise
         try:
@@ -189,11 +191,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Unauthenticated (maybe Throttled), or Unavailable when the users table cannot be read.
             code, message = status_of(exc)
             if isinstance(exc, Throttled):
-                self._login_log.warning(f"gRPC: throttled login for {_short(username)} from {address} ({method})")
+                self._login_log(f"gRPC: throttled login for {_short(username)} from {address} ({method})")
             elif isinstance(exc, Unauthenticated):
-                self._login_log.warning(f"gRPC: failed login for {_short(username)} from {address} ({method})")
+                self._login_log(f"gRPC: failed login for {_short(username)} from {address} ({method})")
             else:
-                logger.debug("Refused {} from {}: {}", method, address, message)
+                self._refusal_log(f"Refused {method} from {address}: {message}")
             await context.abort(code, message)
             raise
 
@@ -209,7 +211,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if reason is not None:
                 message = f"{message}: {reason}"
         message = message[:300]
-        self._undecodable_log.warning(
+        self._undecodable_log(
             f"Refused an undecodable {method} request from {client_address(context.peer())}: {message}"
         )
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
