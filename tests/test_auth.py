@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.model import Role
+from orisun.transport.auth import client_address
 from tests.support import ADMIN, ServerThread, StreamReader, auth_metadata, grpcurl, wait_for
 from tests.test_dashboard_http import Client
 
@@ -367,3 +368,12 @@ def test_a_stream_survives_changes_that_keep_its_credentials(server: ServerThrea
         reader.check()
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [("ipv4:127.0.0.1:50123", "127.0.0.1"), ("ipv6:[::1]:50123", "::1"), ("ipv6:%5B::1%5D:50123", "::1"),
+     ("ipv6:[::ffff:10.0.0.1]:1", "::ffff:10.0.0.1"), ("unix:/tmp/socket", "unix:/tmp/socket")],
+)
+def test_the_throttle_counts_grpc_clients_by_address_without_the_port(peer: str, address: str) -> None:
+    assert client_address(peer) == address

@@ -337,13 +337,14 @@ def test_every_kind_of_handler_decodes_after_authenticating(
         (varint(2 << 3 | 2) + varint(10) + b"abc", "boundary is cut short"),
         (field(3, varint(2 << 3 | 0) + b"\x80\x80"), "stream.expected_version is cut short"),
         (b"\x00", "field number 0 is not allowed"),
+        (varint(2**29 << 3), "field number 536870912 is not allowed"),
         (field(2, b"ok") + b"\x16", "boundary: invalid wire type 6"),
         (varint(9 << 3 | 1) + b"\x00\x00", "field 9 is cut short"),
         (varint(9 << 3 | 3) + varint(10 << 3 | 0) + b"\x01", "field 9 is cut short"),
         (varint(9 << 3 | 4), "end of group 9 without its start"),
         (field(2, b"fine"), None),
     ],
-    ids=["string", "nested", "repeated-index", "truncated-length", "truncated-varint", "field-zero",
+    ids=["string", "nested", "repeated-index", "truncated-length", "truncated-varint", "field-zero", "field-too-large",
          "wire-type", "truncated-fixed64", "open-group", "stray-end-group", "valid"],
 )
 def test_explain_names_the_first_problem(body: bytes, expected: str | None) -> None:

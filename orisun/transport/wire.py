@@ -16,6 +16,8 @@ MAX_STEPS = 200_000
 # protobuf's own recursion limit: deeper bodies are invalid anyway.
 MAX_DEPTH = 100
 
+MAX_FIELD_NUMBER = 2**29 - 1
+
 _VARINT, _FIXED64, _LENGTH, _START_GROUP, _END_GROUP, _FIXED32 = range(6)
 
 
@@ -56,8 +58,9 @@ class _Walker:
                 raise _GiveUp
             tag, pos = self.varint(pos, end, f"a field tag in {path}" if path else "a field tag")
             number, wire = tag >> 3, tag & 7
-            if number == 0:
-                raise _Problem(f"{path}: field number 0 is not allowed" if path else "field number 0 is not allowed")
+            if number == 0 or number > MAX_FIELD_NUMBER:
+                problem = f"field number {number} is not allowed"
+                raise _Problem(f"{path}: {problem}" if path else problem)
             field = descriptor.fields_by_number.get(number) if descriptor is not None else None
             name = self._name(path, number, field, seen)
             if wire == _VARINT:
@@ -96,8 +99,8 @@ class _Walker:
                 return after
             # One field of the group: walk it as a one-field message up to the next tag.
             inner, wire = tag >> 3, tag & 7
-            if inner == 0:
-                raise _Problem(f"{name}: field number 0 is not allowed")
+            if inner == 0 or inner > MAX_FIELD_NUMBER:
+                raise _Problem(f"{name}: field number {inner} is not allowed")
             if wire == _VARINT:
                 _, pos = self.varint(after, end, name)
             elif wire in (_FIXED64, _FIXED32):
