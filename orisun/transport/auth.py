@@ -170,11 +170,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         if method.startswith(_OPEN_PREFIXES):
-            return _Call(self, handler, method, None).handler()
+            return _Call(self, handler, method, metadata=(), open_=True).handler()
         if self.gate.closed:
             self.gate.refused()
             return _refusing(handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")
-        return _Call(self, handler, method, handler_call_details.invocation_metadata).handler()
+        return _Call(self, handler, method, metadata=handler_call_details.invocation_metadata, open_=False).handler()
 
     async def sign_in(self, metadata: Any, method: str, context: grpc.aio.ServicerContext) -> Credential:
         """The caller's credential, from the metadata alone; otherwise the call is aborted."""
@@ -268,13 +268,13 @@ class _DecodingContext:
 class _Call:
     """Builds the handler of one call: sign in (unless open), decode, run as the user."""
 
-    def __init__(self, interceptor: AuthInterceptor, handler: grpc.RpcMethodHandler, method: str,
-                 metadata: Any) -> None:
+    def __init__(self, interceptor: AuthInterceptor, handler: grpc.RpcMethodHandler, method: str, *,
+                 metadata: Any, open_: bool) -> None:
         self._interceptor = interceptor
         self._handler = handler
         self._method = method
         self._metadata = metadata
-        self._open = metadata is None
+        self._open = open_
         self._deserializer = handler.request_deserializer
         self._kind = _kind(handler)
         self._behavior = getattr(handler, self._kind)
