@@ -313,6 +313,8 @@ class Orisun:
         if self.locks is not None:
             await self.locks.close()
         await cancel_and_wait([self._appended_listener, self._listener])
+        if self.users is not None:
+            await self.users.close()
         # The client goes before its server, or it keeps trying to reconnect while NATS stops.
         if self.nats_client is not None:
             with contextlib.suppress(Exception):

@@ -36,7 +36,7 @@ from orisun.dashboard._convert import (
     tail_query,
     user_json,
 )
-from orisun.dashboard._sessions import LoginThrottle, Session, Sessions, csrf_ok
+from orisun.dashboard._sessions import Session, Sessions, csrf_ok
 from orisun.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -53,6 +53,7 @@ from orisun.service.events import EventStore
 from orisun.service.monitor import Monitor
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
+from orisun.service.throttle import Throttled
 from orisun.service.users import Users
 from orisun.service.validation import is_storable
 
@@ -138,7 +139,7 @@ class Dashboard:
         # With a context the port speaks HTTPS only: a plain HTTP request fails its handshake.
         self.ssl_context = ssl_context
         self.sessions = Sessions()
-        self.throttle = LoginThrottle()
+        self.throttle = users.throttle
         self._runner: web.AppRunner | None = None
         self._tails: set[asyncio.Task[Any]] = set()
         self.app = self._build()
@@ -279,19 +280,16 @@ class Dashboard:
         body = await _json_body(request)
         username, password = _text(body, "username"), _text(body, "password")
         address = request.remote or "unknown"
-        wait = self.throttle.wait(username, address)
-        if wait > 0:
-            seconds = math.ceil(wait)
-            response = _error(429, f"too many failed logins: try again in {seconds} s")
-            response.headers["Retry-After"] = str(seconds)
-            return response
         try:
-            user = await self.users.authenticate(username, password)
+            # Throttled (shared with gRPC: Users.throttle) and counted by Users.
+            user = await self.users.authenticate(username, password, address)
+        except Throttled as exc:
+            response = _error(429, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         except Unauthenticated:
-            self.throttle.failed(username, address)
             logger.warning("Dashboard: failed login for {!r} from {}", username, address)
             return _error(401, "invalid username or password")
-        self.throttle.succeeded(username)
         session_id, session = self.sessions.create(user.username)
         response = web.json_response({**self._who(user), "csrf_token": session.csrf_token})
         response.set_cookie(COOKIE, session_id, httponly=True, samesite="Strict", path="/", secure=request.secure,

@@ -1,11 +1,19 @@
-"""Dashboard sessions (opaque ids kept in memory) and the slowing down of failed logins."""
+"""Dashboard sessions (opaque ids kept in memory).
+
+The slowing down of failed logins moved to ``orisun.service.throttle`` (shared with gRPC); it is
+still importable from here.
+"""
 
 from __future__ import annotations
 
 import hmac
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from orisun.service.throttle import LoginThrottle
+
+__all__ = ["ABSOLUTE_TIMEOUT", "IDLE_TIMEOUT", "LoginThrottle", "Session", "Sessions", "csrf_ok"]
 
 IDLE_TIMEOUT = 30 * 60.0  # seconds without a request before a session ends
 ABSOLUTE_TIMEOUT = 12 * 3600.0  # seconds after login a session ends regardless
@@ -68,58 +76,3 @@ class Sessions:
 
 def csrf_ok(session: Session, token: str | None) -> bool:
     return token is not None and hmac.compare_digest(session.csrf_token.encode(), token.encode())
-
-
-@dataclass
-class _Failures:
-    count: int = 0
-    last: float = 0.0
-    first: float = field(default_factory=time.monotonic)
-
-
-class LoginThrottle:
-    """Failed logins, counted per username and per client address.
-
-    After ``threshold`` failures within ``window`` seconds, each further attempt for that key
-    must wait 2^(failures - threshold) seconds (at most ``max_delay``) after the last failure.
-    Both keys are checked, so neither guessing many passwords for one user from many addresses
-    nor many users from one address goes fast. A success clears the username's count.
-    """
-
-    def __init__(self, threshold: int = 5, window: float = 15 * 60.0, max_delay: float = 300.0) -> None:
-        self.threshold = threshold
-        self.window = window
-        self.max_delay = max_delay
-        self._failures: dict[str, _Failures] = {}
-
-    @staticmethod
-    def _keys(username: str, address: str) -> tuple[str, str]:
-        return f"user:{username}", f"address:{address}"
-
-    def wait(self, username: str, address: str) -> float:
-        """Seconds before an attempt for ``username`` from ``address`` is allowed (0: now)."""
-        now = time.monotonic()
-        longest = 0.0
-        for key in self._keys(username, address):
-            failures = self._failures.get(key)
-            if failures is None:
-                continue
-            if now - failures.first > self.window and now - failures.last > self.window:
-                del self._failures[key]
-                continue
-            if failures.count >= self.threshold:
-                delay = min(2.0 ** (failures.count - self.threshold), self.max_delay)
-                longest = max(longest, failures.last + delay - now)
-        return max(longest, 0.0)
-
-    def failed(self, username: str, address: str) -> None:
-        now = time.monotonic()
-        for key in self._keys(username, address):
-            failures = self._failures.setdefault(key, _Failures(first=now))
-            failures.count += 1
-            failures.last = now
-        if len(self._failures) > 100_000:  # a flood of made-up names: keep memory bounded
-            self._failures.clear()
-
-    def succeeded(self, username: str) -> None:
-        self._failures.pop(self._keys(username, "")[0], None)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 import argon2
 from loguru import logger
 
+from orisun.aio import cancel_and_wait
 from orisun.config import DEFAULT_ADMIN_PASSWORD
-from orisun.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from orisun.errors import AlreadyExists, InvalidArgument, NotFound, OrisunError, Unauthenticated
 from orisun.model import Role, User
 from orisun.service import validation
+from orisun.service.throttle import LoginThrottle, Throttled
 from orisun.storage.users import UserRecord, UserStore
 
 _MAX_PASSWORD_BYTES = 1024
@@ -22,6 +26,9 @@ _MAX_PASSWORD_BYTES = 1024
 # made a URL too long to delete it with. Existing longer names still authenticate and can be
 # deleted (the dashboard's DELETE /api/users takes the name in the body).
 MAX_USERNAME_CHARS = 128
+
+# Client addresses remembered per cached credential (see Users.sign_in); past this, start over.
+_MAX_ADDRESSES = 256
 
 # argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~65 ms a hash on these
 # 2-vCPU machines, against ~500 ms for argon2-cffi's defaults, which would make every first call of
@@ -38,52 +45,173 @@ def _to_user(record: UserRecord) -> User:
     return User(record.id, record.name, record.username, frozenset(Role(r) for r in record.roles))
 
 
+@dataclass(frozen=True)
+class Credential:
+    """A signed-in user and the stored password hash its password was verified against: the
+    credential holds while the user exists with that hash."""
+
+    user: User
+    password_hash: str
+
+
+@dataclass(eq=False)
+class _Entry:
+    """Verified credentials of one user, cached."""
+
+    credential: Credential
+    digest: bytes  # HMAC of the username and the password that verified
+    addresses: set[str]  # client addresses that signed in with them
+    stale: bool = False  # the user may have changed: check the stored hash before trusting
+
+
+@dataclass(eq=False)
+class _Watch:
+    credential: Credential
+    revoke: Callable[[], None]
+
+
+class _KeyedLocks:
+    """One asyncio lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+
 class Users:
     """Authenticates callers and manages users, over a ``UserStore``.
 
     The cache maps a username to the user and an HMAC of the password that verified (keyed with a
-    per-process secret, so the cache never holds a password or a cheap hash of one). It forgets a
-    user when ``forget`` is called: by this class on every change it makes, and by the PostgreSQL
-    change listener for changes made by other nodes or by hand.
+    per-process secret, so the cache never holds a password or a cheap hash of one). When a user
+    may have changed (``forget``: called by this class on every change it makes, and by the
+    PostgreSQL change listener for changes made by other nodes or by hand) its entry is marked
+    stale: the next use reads the user again and trusts the entry only if the stored hash is the
+    one the password verified against (a deleted user or a changed password is refused at once;
+    anything else costs a read, not a hash).
+
+    Failed logins are throttled (``throttle``, shared with the dashboard). Credentials in the
+    cache still pass while their username is throttled, from the addresses that signed in with
+    them, so that someone guessing a password cannot lock out the applications that know it;
+    from any other address they wait like everyone else, or the cache would tell a guesser at
+    full speed which guess is right. Open streams register with ``watch`` and are ended when
+    their user is deleted or changes password.
     """
 
-    def __init__(self, store: UserStore) -> None:
+    def __init__(self, store: UserStore, throttle: LoginThrottle | None = None) -> None:
         self._store = store
+        self.throttle = throttle if throttle is not None else LoginThrottle()
         self._secret = secrets.token_bytes(32)
-        self._cache: dict[str, tuple[User, bytes]] = {}
+        self._cache: dict[str, _Entry] = {}
         # Bumped by every forget(); a verification that started before a forget() must not cache
         # what it read, because the row it read may already be stale.
         self._generation = 0
+        self._locks = _KeyedLocks()
+        self._dummy_hash: str | None = None
+        self._watches: dict[str, set[_Watch]] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()
 
     def _digest(self, username: str, password: str) -> bytes:
         return hmac.new(self._secret, f"{username}\0{password}".encode(), hashlib.sha256).digest()
 
     def forget(self, username: str | None) -> None:
-        """Drop the cached credentials of one user, or of everyone with None."""
+        """One user (or, with None, every user) may have changed: trust no cached credential of
+        theirs without checking, and end their open streams if their credentials are gone."""
         self._generation += 1
-        if username is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(username, None)
+        entries = self._cache.values() if username is None else filter(None, [self._cache.get(username)])
+        for entry in entries:
+            entry.stale = True
+        names = set(self._watches) if username is None else {username} & self._watches.keys()
+        if names:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the event loop: no stream is open here either
+                return
+            task = loop.create_task(self._recheck(names), name="orisun-user-recheck")
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
 
-    async def authenticate(self, username: str, password: str) -> User:
-        """The user with these credentials; Unauthenticated otherwise (never saying which part is wrong)."""
+    async def authenticate(self, username: str, password: str, address: str = "") -> User:
+        """The user with these credentials; Unauthenticated otherwise (never saying which part is
+        wrong), Throttled after too many failures. ``address`` is the client's (no port)."""
+        return (await self.sign_in(username, password, address)).user
+
+    async def sign_in(self, username: str, password: str, address: str) -> Credential:
+        """As ``authenticate``, with the password hash the credential holds by (for ``watch``)."""
         digest = self._digest(username, password)
-        cached = self._cache.get(username)
-        if cached is not None and hmac.compare_digest(cached[1], digest):
-            return cached[0]
+        entry = self._cache.get(username)
+        if (entry is not None and hmac.compare_digest(entry.digest, digest) and address in entry.addresses
+                and self.throttle.pair_wait(username, address) == 0 and await self._still_valid(username, entry)):
+            return entry.credential
+        # Guesses for one user, or from one address, take turns: many at once would all pass the
+        # throttle before the first failure counts (and would all pay the hash).
+        async with self._locks.hold(f"address:{address}"), self._locks.hold(f"user:{username}"):
+            wait = self.throttle.wait(username, address)
+            if wait > 0:
+                raise Throttled(wait)
+            entry = self._cache.get(username)
+            if entry is not None and hmac.compare_digest(entry.digest, digest) and await self._still_valid(
+                username, entry
+            ):
+                # Verified before, from elsewhere: no hash to pay.
+                if len(entry.addresses) >= _MAX_ADDRESSES:
+                    entry.addresses.clear()
+                entry.addresses.add(address)
+                self.throttle.succeeded(username, address)
+                return entry.credential
+            return await self._verify_and_cache(username, password, address, digest)
+
+    async def _still_valid(self, username: str, entry: _Entry) -> bool:
+        """Whether a cached entry may be trusted: it is fresh, or the user still has its hash."""
+        if not entry.stale:
+            return True
         generation = self._generation
-        if not (validation.is_storable(username) and validation.is_storable(password)):
-            raise Unauthenticated("invalid username or password")  # no such user can exist
         record = await self._store.get(username)
-        if record is None or len(password.encode()) > _MAX_PASSWORD_BYTES:
-            raise Unauthenticated("invalid username or password")
-        if not await asyncio.to_thread(self._verify, record.password_hash, password):
-            raise Unauthenticated("invalid username or password")
-        user = _to_user(record)
+        if record is None or record.password_hash != entry.credential.password_hash:
+            if self._cache.get(username) is entry:
+                del self._cache[username]
+            return False
+        entry.credential = Credential(_to_user(record), record.password_hash)  # roles may have changed
         if generation == self._generation:
-            self._cache[username] = (user, digest)
-        return user
+            entry.stale = False
+        return True
+
+    async def _verify_and_cache(self, username: str, password: str, address: str, digest: bytes) -> Credential:
+        if not (validation.is_storable(username) and validation.is_storable(password)):
+            self.throttle.failed(username, address)
+            raise Unauthenticated("invalid username or password")  # no such user can exist
+        generation = self._generation
+        record = await self._store.get(username)
+        if len(password.encode()) > _MAX_PASSWORD_BYTES:
+            self.throttle.failed(username, address)
+            raise Unauthenticated("invalid username or password")
+        # An unknown user is checked against a hash made the same way, so that the answer takes
+        # as long as for a known one and does not tell which usernames exist.
+        password_hash = record.password_hash if record is not None else await self._dummy()
+        verified = await asyncio.to_thread(self._verify, password_hash, password)
+        if record is None or not verified:
+            self.throttle.failed(username, address)
+            raise Unauthenticated("invalid username or password")
+        self.throttle.succeeded(username, address)
+        credential = Credential(_to_user(record), record.password_hash)
+        if generation == self._generation:
+            self._cache[username] = _Entry(credential, digest, {address})
+        return credential
+
+    async def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_urlsafe(16))
+        return self._dummy_hash
 
     @staticmethod
     def _verify(password_hash: str, password: str) -> bool:
@@ -91,6 +219,40 @@ class Users:
             return _hasher.verify(password_hash, password)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
+
+    def watch(self, credential: Credential, revoke: Callable[[], None]) -> Callable[[], None]:
+        """Call ``revoke`` once the credential no longer holds (the user was deleted or changed
+        password, here or on another node); the function returned stops watching."""
+        username = credential.user.username
+        watch = _Watch(credential, revoke)
+        self._watches.setdefault(username, set()).add(watch)
+
+        def unwatch() -> None:
+            watches = self._watches.get(username)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._watches[username]
+
+        return unwatch
+
+    async def _recheck(self, usernames: set[str]) -> None:
+        for username in usernames:
+            if not self._watches.get(username):
+                continue
+            try:
+                record = await self._store.get(username)
+            except OrisunError as exc:
+                # Cannot tell: the streams stay (they depend on the same database anyway).
+                logger.warning("Could not check whether user {!r} still exists: {}", username[:64], exc)
+                continue
+            for watch in list(self._watches.get(username, ())):
+                if record is None or record.password_hash != watch.credential.password_hash:
+                    watch.revoke()
+
+    async def close(self) -> None:
+        """Stop the checks in progress (at shutdown)."""
+        await cancel_and_wait(list(self._rechecks))
 
     async def ensure_admin(self, username: str, password: str) -> bool:
         """Create the configured admin user unless it exists; True when created.

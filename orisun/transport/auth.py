@@ -1,7 +1,17 @@
-"""Basic auth on every call except health (contract section 7).
+"""Basic auth on every call except health (contract section 7), and the decoding of requests.
 
 The interceptor authenticates before the handler runs and hands the user to EventStore handlers
 through ``current_user``. Reflection needs credentials too: the API's shape is not public.
+
+It also decodes the requests itself. gRPC would decode a body before any handler runs, so a
+request that is not valid protobuf would be answered UNKNOWN naming a Python exception, with a
+traceback in the log, even for a caller without credentials. The handlers returned here take the
+raw bytes instead: credentials are checked first (refusals never decode), then the body is
+decoded, and a body that does not decode is answered INVALID_ARGUMENT naming the message type and
+the field (``orisun.transport.wire``), with one short, rate-limited log line.
+
+A streaming response registers with ``Users.watch``: when its user is deleted or changes
+password, the stream ends with UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -13,16 +23,20 @@ import contextlib
 import contextvars
 import inspect
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from loguru import logger
 
 from orisun.errors import OrisunError, Unauthenticated
 from orisun.model import User
-from orisun.service.users import Users
+from orisun.service.throttle import Throttled
+from orisun.service.users import Credential, Users
 from orisun.transport.status import status_of
+from orisun.transport.wire import explain
 
 current_user: contextvars.ContextVar[User] = contextvars.ContextVar("current_user")
 
@@ -95,10 +109,56 @@ class Gate:
             await asyncio.sleep(self.QUIET / 2)
 
 
+def client_address(peer: str) -> str:
+    """The client's address in a gRPC peer string, without the port (``ipv4:10.0.0.1:5000`` ->
+    ``10.0.0.1``), as the dashboard sees it: the throttle counts per address across both."""
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer[:128]
+
+
+class QuietLog:
+    """Lines at ``level``, at most ``burst`` per ``interval`` seconds, each cut to ``width``
+    characters; the lines left out are counted and reported with the next one that passes (an
+    anonymous client must not be able to flood the log)."""
+
+    def __init__(self, level: str = "WARNING", burst: int = 10, interval: float = 60.0, width: int = 300) -> None:
+        self.level = level
+        self.burst = burst
+        self.interval = interval
+        self.width = width
+        self._window_start = -interval
+        self._sent = 0
+        self._suppressed = 0
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            self._window_start, self._sent = now, 0
+        if self._sent >= self.burst:
+            self._suppressed += 1
+            return
+        self._sent += 1
+        text = text if len(text) <= self.width else text[: self.width - 1] + "…"
+        if self._suppressed:
+            text += f" ({self._suppressed} similar lines left out)"
+            self._suppressed = 0
+        logger.log(self.level, "{}", text)
+
+
+def _short(value: str, limit: int = 64) -> str:
+    """``value`` for a log line or a status message: quoted, at most ``limit`` characters of it."""
+    return repr(value[:limit] + ("…" if len(value) > limit else ""))
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, users: Users, gate: Gate) -> None:
-        self._users = users
-        self._gate = gate
+        self.users = users
+        self.gate = gate
+        self._undecodable_log = QuietLog()
+        self._login_log = QuietLog()  # wrong passwords, throttled logins
+        self._refusal_log = QuietLog("DEBUG")  # no or malformed credentials, users table unreachable
 
     async def intercept_service(
         self,
@@ -106,68 +166,229 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
-        if method.startswith(_OPEN_PREFIXES):
-            return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        if self._gate.closed:
-            self._gate.refused()
+        if method.startswith(_OPEN_PREFIXES):
+            return _Call(self, handler, method, metadata=(), open_=True).handler()
+        if self.gate.closed:
+            self.gate.refused()
             return _refusing(handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")
+        return _Call(self, handler, method, metadata=handler_call_details.invocation_metadata, open_=False).handler()
+
+    async def sign_in(self, metadata: Any, method: str, context: grpc.aio.ServicerContext) -> Credential:
+        """The caller's credential, from the metadata alone; otherwise the call is aborted."""
+        address = client_address(context.peer())
         try:
-            username, password = parse_basic(_header(handler_call_details.invocation_metadata))
-            user = await self._users.authenticate(username, password)
+            username, password = parse_basic(_header(metadata))
+        except Unauthenticated as exc:
+            self._refusal_log(f"Refused {method} from {address}: {exc}")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise
+        try:
+            return await self.users.sign_in(username, password, address)
         except OrisunError as exc:
-            # Unauthenticated, or Unavailable when the users table cannot be read.
+            # Unauthenticated (maybe Throttled), or Unavailable when the users table cannot be read.
             code, message = status_of(exc)
-            logger.debug("Refused {}: {}", method, message)
-            return _refusing(handler, code, message)
-        return _as_user(handler, user, self._gate)
+            if isinstance(exc, Throttled):
+                self._login_log(f"gRPC: throttled login for {_short(username)} from {address} ({method})")
+            elif isinstance(exc, Unauthenticated):
+                self._login_log(f"gRPC: failed login for {_short(username)} from {address} ({method})")
+            else:
+                self._refusal_log(f"Refused {method} from {address}: {message}")
+            await context.abort(code, message)
+            raise
+
+    async def undecodable(self, deserializer: Any, raw: bytes, method: str,
+                          context: grpc.aio.ServicerContext) -> None:
+        """Abort the call with INVALID_ARGUMENT saying why ``raw`` is no valid request."""
+        descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+        if descriptor is None:
+            message = "request is not valid protobuf for this method"
+        else:
+            reason = explain(descriptor, raw) if isinstance(raw, bytes) else None
+            message = f"request is not a valid {descriptor.full_name}"
+            if reason is not None:
+                message = f"{message}: {reason}"
+        message = message[:300]
+        self._undecodable_log(
+            f"Refused an undecodable {method} request from {client_address(context.peer())}: {message}"
+        )
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+class _Revocation:
+    """Ends a streaming call when its user's credentials no longer hold (``Users.watch``).
+
+    The call's task is cancelled, but only while it waits inside the handler (for the next item);
+    while gRPC itself is sending an item, the flag is checked once it is sent.
+    """
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+        self.revoked = False
+        self.inside = False
+        self._task = asyncio.current_task()
+
+    def revoke(self) -> None:
+        if self.revoked:
+            return
+        self.revoked = True
+        if self.inside and self._task is not None:
+            self._task.cancel()
+
+    def swallow(self) -> bool:
+        """On a CancelledError: whether it is the revocation's (then it is absorbed)."""
+        if not self.revoked:
+            return False
+        if self._task is not None:
+            self._task.uncancel()
+        return True
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> None:
+        message = f"user {_short(self.username)} was deleted or its password changed; sign in again"
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+class _DecodingContext:
+    """The servicer context of a streaming request, whose ``read()`` decodes as gRPC would have."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, decode: Callable[[Any], Awaitable[Any]]) -> None:
+        self._context = context
+        self._decode = decode
+
+    async def read(self) -> Any:
+        raw = await self._context.read()
+        return raw if raw is grpc.aio.EOF else await self._decode(raw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _Call:
+    """Builds the handler of one call: sign in (unless open), decode, run as the user."""
+
+    def __init__(self, interceptor: AuthInterceptor, handler: grpc.RpcMethodHandler, method: str, *,
+                 metadata: Any, open_: bool) -> None:
+        self._interceptor = interceptor
+        self._handler = handler
+        self._method = method
+        self._metadata = metadata
+        self._open = open_
+        self._deserializer = handler.request_deserializer
+        self._kind = _kind(handler)
+        self._behavior = getattr(handler, self._kind)
+
+    def handler(self) -> grpc.RpcMethodHandler:
+        wrapped = self._generator if inspect.isasyncgenfunction(self._behavior) else self._coroutine
+        factory = getattr(grpc, f"{self._kind}_rpc_method_handler")
+        # No deserializer: gRPC hands over the raw bytes and _decode runs once the caller is known.
+        return factory(wrapped, request_deserializer=None, response_serializer=self._handler.response_serializer)
+
+    async def _decode(self, raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self._deserializer is None:
+            return raw
+        try:
+            return self._deserializer(raw)
+        except DecodeError:
+            await self._interceptor.undecodable(self._deserializer, raw, self._method, context)
+            raise
+        except Exception as exc:  # a deserializer that fails otherwise is a bug: INTERNAL
+            code, message = status_of(exc)
+            await context.abort(code, message)
+            raise
+
+    async def _decoded_stream(self, raw: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for each in raw:
+            yield await self._decode(each, context)
+
+    async def _prepare(self, request: Any, context: grpc.aio.ServicerContext) -> tuple[Credential | None, Any, Any]:
+        """(credential, request, context) for the handler: signed in first, then decoded."""
+        credential = None
+        if not self._open:
+            credential = await self._interceptor.sign_in(self._metadata, self._method, context)
+            current_user.set(credential.user)
+        if self._handler.request_streaming:
+            return credential, self._decoded_stream(request, context), _DecodingContext(
+                context, lambda raw: self._decode(raw, context))
+        return credential, await self._decode(request, context), context
+
+    def _watch(self, credential: Credential | None) -> tuple[_Revocation | None, Callable[[], None]]:
+        if credential is None:
+            return None, lambda: None
+        revocation = _Revocation(credential.user.username)
+        return revocation, self._interceptor.users.watch(credential, revocation.revoke)
+
+    async def _generator(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # A streaming response: not counted by the gate (a subscription has no end to wait for at
+        # shutdown), ended when its user's credentials go.
+        credential, request, inner_context = await self._prepare(request, context)
+        revocation, unwatch = self._watch(credential)
+        items = self._behavior(request, inner_context)
+        try:
+            while True:
+                if revocation is not None:
+                    revocation.inside = True
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if revocation is None or not revocation.swallow():
+                        raise
+                finally:
+                    if revocation is not None:
+                        revocation.inside = False
+                if revocation is not None and revocation.revoked:
+                    await items.aclose()
+                    await revocation.abort(context)
+                yield item
+        finally:
+            unwatch()
+            await items.aclose()
+
+    async def _coroutine(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        credential, request, inner_context = await self._prepare(request, context)
+        if self._handler.response_streaming:
+            # A streaming response written with context.write(): as in _generator.
+            revocation, unwatch = self._watch(credential)
+            try:
+                if revocation is not None:
+                    revocation.inside = True
+                try:
+                    return await _result(self._behavior(request, inner_context))
+                except asyncio.CancelledError:
+                    if revocation is None or not revocation.swallow():
+                        raise
+                    await revocation.abort(context)
+            finally:
+                unwatch()
+        if self._open:
+            return await _result(self._behavior(request, inner_context))
+        gate = self._interceptor.gate
+        gate.enter()
+        try:
+            return await _result(self._behavior(request, inner_context))
+        finally:
+            gate.leave()
+
+
+async def _result(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that only answers ``code``."""
+    """A handler of the same kind as ``handler`` that only answers ``code`` (never decoding)."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
     kind = _kind(handler)
     factory = getattr(grpc, f"{kind}_rpc_method_handler")
-    return factory(refuse, request_deserializer=handler.request_deserializer,
-                   response_serializer=handler.response_serializer)
+    return factory(refuse, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
 def _kind(handler: grpc.RpcMethodHandler) -> str:
     if handler.request_streaming:
         return "stream_stream" if handler.response_streaming else "stream_unary"
     return "unary_stream" if handler.response_streaming else "unary_unary"
-
-
-def _as_user(handler: grpc.RpcMethodHandler, user: User, gate: Gate) -> grpc.RpcMethodHandler:
-    """``handler`` with ``current_user`` set to ``user`` while it runs; unary calls counted by ``gate``."""
-    kind = _kind(handler)
-    behavior = getattr(handler, kind)
-    if inspect.isasyncgenfunction(behavior):
-
-        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            # Not counted by the gate: a subscription has no end to wait for at shutdown.
-            current_user.set(user)
-            async for item in behavior(request, context):
-                yield item
-
-        wrapped: Callable[..., Any] = streaming
-    else:
-
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            current_user.set(user)
-            gate.enter()
-            try:
-                result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
-            finally:
-                gate.leave()
-
-        wrapped = call
-    factory = getattr(grpc, f"{kind}_rpc_method_handler")
-    return factory(wrapped, request_deserializer=handler.request_deserializer,
-                   response_serializer=handler.response_serializer)
