@@ -310,13 +310,15 @@ def test_an_over_long_stored_username_can_still_be_deleted(dash: ServerThread, a
     assert username in [u["username"] for u in ok(admin.get("/api/users"))["users"]]
     # The change notification that tells every node to forget a user's cached credentials cannot
     # carry a name this long (PostgreSQL's 8,000-byte limit refused the whole DELETE): it says
-    # "forget everyone" instead, which the admin's cached credentials show.
+    # "forget everyone" instead, which the admin's cached credentials show (marked stale: the next
+    # use checks the stored hash again).
     with dash.stub() as stub:
         stub.GetEvents(pb.GetEventsRequest(boundary="dash_err", count=1), metadata=auth_metadata(*ADMIN), timeout=10)
     assert ADMIN[0] in users._cache
     ok(admin.delete("/api/users", {"username": username}), 204)
     assert username not in [u["username"] for u in ok(admin.get("/api/users"))["users"]]
-    wait_for(lambda: ADMIN[0] not in users._cache, 30, "every cached credential forgotten")
+    wait_for(lambda: ADMIN[0] not in users._cache or users._cache[ADMIN[0]].stale, 30,
+             "every cached credential forgotten")
     assert_error(admin.delete("/api/users", {"username": username}), 404)
     assert_error(admin.delete("/api/users", {"username": "admin"}), 400, "username")
     assert_error(admin.delete("/api/users", {}), 400, "username")

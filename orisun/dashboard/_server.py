@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import logging
-import math
 import re
 import ssl
 import uuid
