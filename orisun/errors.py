@@ -68,3 +68,26 @@ def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
         return repr(value)
     size = len(value.encode("utf-8", "surrogatepass"))
     return f"{value[:limit]!r}… ({size} bytes)"
+
+
+# The longest error message a client gets (a gRPC status message, a dashboard error), in UTF-8
+# bytes. gRPC sends it percent-encoded in a trailer (up to 3 bytes per byte), and clients refuse
+# trailers above 8-16 KiB: the call then fails with RESOURCE_EXHAUSTED "Stream removed" and the
+# real status is lost. Messages quote input through ``quoted``; this cap is the backstop for
+# anything that slips through.
+MAX_MESSAGE_BYTES = 1024
+_CUT = "… (message cut)"
+
+
+def bounded(message: str) -> str:
+    """``message`` cut to MAX_MESSAGE_BYTES of UTF-8, on a character boundary."""
+    try:
+        encoded = message.encode()
+    except UnicodeEncodeError:  # a lone surrogate: gRPC could not send the message at all
+        encoded = message.encode("utf-8", "backslashreplace")
+        message = encoded.decode()
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return message
+    room = MAX_MESSAGE_BYTES - len(_CUT.encode())
+    # "ignore" drops only the bytes of a character cut in two at the end.
+    return encoded[:room].decode("utf-8", "ignore") + _CUT

@@ -45,6 +45,8 @@ from orisun.errors import (
     StartupError,
     Unauthenticated,
     Unavailable,
+    bounded,
+    quoted,
 )
 from orisun.logs import escape_control
 from orisun.model import Position, Role, User
@@ -99,7 +101,7 @@ USER = web.RequestKey("user", User)
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
+    body: dict[str, Any] = {"error": bounded(message)}
     if field is not None:
         body["field"] = field
     return web.json_response(body, status=status)
@@ -423,7 +425,7 @@ class Dashboard:
     def _admin(request: web.Request) -> User:
         user = request[USER]
         if Role.ADMIN not in user.roles:
-            raise PermissionDenied(f"user {user.username!r} may not manage users (needs role ADMIN)")
+            raise PermissionDenied(f"user {quoted(user.username)} may not manage users (needs role ADMIN)")
         return user
 
     async def list_users(self, request: web.Request) -> web.StreamResponse:

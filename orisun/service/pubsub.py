@@ -39,7 +39,7 @@ class PubSubService:
 
     async def publish(self, user: User, message: PubSubMessage) -> PubSubMessage:
         if not user.can_write:
-            raise PermissionDenied(f"user {user.username!r} may not publish (needs role ADMIN or OPERATIONS)")
+            raise PermissionDenied(f"user {quoted(user.username)} may not publish (needs role ADMIN or OPERATIONS)")
         _check_subject(message.subject, PUBLISH_SUBJECT, "a subject to publish to (no wildcards)")
         size = len(message.data.encode()) + len(message.metadata.encode()) + len(message.id.encode()) + 256
         if size > self._max_payload:

@@ -15,7 +15,7 @@ from loguru import logger
 
 from orisun.aio import cancel_and_wait
 from orisun.config import DEFAULT_ADMIN_PASSWORD
-from orisun.errors import AlreadyExists, InvalidArgument, NotFound, OrisunError, Unauthenticated
+from orisun.errors import AlreadyExists, InvalidArgument, NotFound, OrisunError, Unauthenticated, quoted
 from orisun.model import Role, User
 from orisun.service import validation
 from orisun.service.throttle import LoginThrottle, Throttled
@@ -292,7 +292,7 @@ class Users:
             raise InvalidArgument("username must not contain ':' (Basic auth separates user and password with it)")
         _validate_password(password)
         if not await self._store.create(name or username, username, hash_password(password), validated):
-            raise AlreadyExists(f"username {username!r} is taken")
+            raise AlreadyExists(f"username {quoted(username)} is taken")
         self.forget(username)
         record = await self._store.get(username)
         assert record is not None
@@ -301,12 +301,12 @@ class Users:
     async def change_password(self, username: str, password: str) -> None:
         _validate_password(password)
         if not await self._store.set_password(username, hash_password(password)):
-            raise NotFound(f"user {username!r} does not exist")
+            raise NotFound(f"user {quoted(username)} does not exist")
         self.forget(username)
 
     async def delete(self, username: str) -> None:
         if not await self._store.delete(username):
-            raise NotFound(f"user {username!r} does not exist")
+            raise NotFound(f"user {quoted(username)} does not exist")
         self.forget(username)
 
 
@@ -324,5 +324,5 @@ def _validate_roles(roles: Iterable[str]) -> list[Role]:
         try:
             result.append(Role(role))
         except ValueError:
-            raise InvalidArgument(f"roles: {role!r} is not one of {', '.join(Role)}") from None
+            raise InvalidArgument(f"roles: {quoted(role)} is not one of {', '.join(Role)}") from None
     return result

@@ -24,7 +24,7 @@ from loguru import logger
 from psycopg import sql
 from psycopg_pool import PoolTimeout
 
-from orisun.errors import AlreadyExists, Unavailable
+from orisun.errors import AlreadyExists, Unavailable, quoted
 from orisun.model import (
     EVENT_TYPE_TAG,
     EVENT_TYPE_TAG_ALIASES,
@@ -231,7 +231,7 @@ def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exc
         assert isinstance(commit, int) and isinstance(prepare, int) and isinstance(version, int)
         return WriteResult(Position(commit, prepare), version)
     if outcome == "conflict":
-        return AlreadyExists(f"stream {request.stream!r}: {detail}")
+        return AlreadyExists(f"stream {quoted(request.stream)}: {detail}")
     if outcome == "duplicate":
         event_id, _, why = (detail if isinstance(detail, str) else "").partition(" ")
         return AlreadyExists(f"event_id {event_id} already exists {_REUSE.get(why, _REUSE['write'])}")

@@ -25,38 +25,16 @@ STATUS: dict[type[errors.OrisunError], grpc.StatusCode] = {
 }
 
 
-# The longest status message a client gets, in UTF-8 bytes. gRPC sends it percent-encoded in a
-# trailer (up to 3 bytes per byte), and clients refuse trailers above 8-16 KiB: the call then fails
-# with RESOURCE_EXHAUSTED "Stream removed" and the real status is lost. Messages quote input through
-# ``errors.quoted``; this cap is the backstop for anything that slips through.
-MAX_STATUS_MESSAGE_BYTES = 1024
-_CUT = "… (message cut)"
-
-
-def bounded(message: str) -> str:
-    """``message`` cut to MAX_STATUS_MESSAGE_BYTES of UTF-8, on a character boundary."""
-    try:
-        encoded = message.encode()
-    except UnicodeEncodeError:  # a lone surrogate: gRPC could not send the message at all
-        encoded = message.encode("utf-8", "backslashreplace")
-        message = encoded.decode()
-    if len(encoded) <= MAX_STATUS_MESSAGE_BYTES:
-        return message
-    room = MAX_STATUS_MESSAGE_BYTES - len(_CUT.encode())
-    # "ignore" drops only the bytes of a character cut in two at the end.
-    return encoded[:room].decode("utf-8", "ignore") + _CUT
-
-
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and message a client gets for ``exc``, the message at most
-    MAX_STATUS_MESSAGE_BYTES long.
+    errors.MAX_MESSAGE_BYTES long.
 
     Orisun's own errors carry a message meant for the client. Anything else is a bug: the client
     gets INTERNAL with a fixed message and an incident id, the log gets the traceback.
     """
     for kind, code in STATUS.items():
         if isinstance(exc, kind):
-            return code, bounded(str(exc))
+            return code, errors.bounded(str(exc))
     incident = uuid.uuid4().hex[:12]
     logger.opt(exception=exc).error("Internal error, incident {}", incident)
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); the details are in the server log"
