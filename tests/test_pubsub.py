@@ -31,6 +31,7 @@ from google.protobuf import empty_pb2
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.messaging.pubsub import PREFIX, STREAM, ConsumerStatus, PubSub
 from orisun.model import Role
 from orisun.storage.embedded import EmbeddedPostgres
 from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
@@ -121,6 +122,7 @@ class Subscriber(StreamReader[pb.SubscribeResponse]):
         consumer_name: str,
         auth: tuple[str, str] = ADMIN,
         pause_after: int | None = None,
+        stop_after: int | None = None,
         options: list[tuple[str, Any]] | None = None,
     ) -> None:
         self.subject = subject
@@ -128,7 +130,8 @@ class Subscriber(StreamReader[pb.SubscribeResponse]):
         channel = grpc.insecure_channel(server.address, options=options)
         request = pb.SubscribeRequest(subject=subject, consumer_name=consumer_name)
         call = pb_grpc.EventStoreStub(channel).SubscribeToPubSub(request, metadata=auth_metadata(*auth), timeout=120)
-        super().__init__(call, channel, f"subscription {consumer_name} on {subject}", pause_after=pause_after)
+        super().__init__(call, channel, f"subscription {consumer_name} on {subject}", pause_after=pause_after,
+                         stop_after=stop_after)
 
     @property
     def messages(self) -> list[pb.Message]:
@@ -643,3 +646,166 @@ def test_any_authenticated_user_may_subscribe(
     reader.wait_for_ids(published)
     assert sorted(non_probe(reader.ids(), probes)) == sorted(published)
 
+
+
+# --- No message lost when a consumer goes (issue #12, defect 2) ------------------------------------
+
+
+def consumer_status(server: ServerThread, subject: str, name: str) -> ConsumerStatus | None:
+    """The JetStream consumer of (name, subject) as the dashboard sees it."""
+    assert server.app.nats_client is not None
+    pubsub = PubSub(server.app.nats_client, retention=3600, ack_wait=ACK_WAIT)
+    found = [c for c in server.call(pubsub.consumers()) if c.subject == subject and c.consumer_name == name]
+    return found[0] if found else None
+
+
+def settled(server: ServerThread, subject: str, name: str) -> bool:
+    """Nothing is waiting for an acknowledgement or for delivery."""
+    status = consumer_status(server, subject, name)
+    return status is not None and status.pending == 0 and status.ack_pending == 0
+
+
+def test_consumer_that_reads_two_of_eight_and_cancels_loses_nothing(
+    pubsub_server: ServerThread, stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    """The issue's scenario: a consumer reads 2 of 8 messages and disconnects. The other 6 must
+    come to the next consumer of the name at once (not after the ack wait), and the pending
+    figures must say they are waiting. The first 2 may come again (documented duplicates)."""
+    subject = f"{unique('two-of-eight')}.x"
+    name = unique("two-of-eight")
+    creator = subscribe(subject, name)
+    probes = establish(stub, subject, [creator])
+    # The probes are acknowledged once the stream has kept them for the ack delay.
+    wait_for(lambda: settled(pubsub_server, subject, name), DELIVERY_TIMEOUT, "the probes acknowledged")
+    creator.close()
+
+    published = publish_many(stub, subject, 8)
+    reader = subscribe(subject, name, stop_after=2)
+    wait_for(reader.stopped.is_set, DELIVERY_TIMEOUT, "the reader to take 2 messages and cancel")
+    assert reader.ids() == published[:2]
+
+    def six_waiting() -> bool:
+        status = consumer_status(pubsub_server, subject, name)
+        return status is not None and status.pending + status.ack_pending >= 6
+
+    wait_for(six_waiting, DELIVERY_TIMEOUT, "the dashboard's figures to show the 6 unread messages")
+
+    # Faster than the ack wait: the cancelled stream gave back what it had not confirmed.
+    started = time.monotonic()
+    second = subscribe(subject, name)
+    second.wait_for_ids(published[2:], timeout=ACK_WAIT - 1)
+    assert time.monotonic() - started < ACK_WAIT
+    assert set(second.ids()) <= set(published) | probes
+    wait_for(lambda: settled(pubsub_server, subject, name), DELIVERY_TIMEOUT, "everything acknowledged")
+
+
+def test_messages_of_a_stream_the_server_ends_are_redelivered(start_server: Callable[..., ServerThread]) -> None:
+    """A server that stops ends its streams: what it had sent to a client that did not read it yet
+    comes back when the consumer returns, without waiting for the (here long) ack wait."""
+    subject = f"{unique('server-ends')}.x"
+    name = unique("server-ends")
+    before = start_server(pubsub_ack_wait=120.0)
+    with before.stub() as first_stub:
+        first = Subscriber(before, subject, name, pause_after=1)  # reads one, then stops reading
+        try:
+            establish(first_stub, subject, [first])
+            published = publish_many(first_stub, subject, 5)
+            # The server has handed them to gRPC: all five are out of JetStream's hands.
+            wait_for(lambda: (s := consumer_status(before, subject, name)) is not None and s.pending == 0,
+                     DELIVERY_TIMEOUT, "the messages handed to the stalled client's stream")
+            before.stop()
+        finally:
+            first.close()
+    assert not set(first.ids()) & set(published)
+
+    after = start_server(pubsub_ack_wait=120.0)
+    second = Subscriber(after, subject, name)
+    try:
+        second.wait_for_ids(published, timeout=DELIVERY_TIMEOUT)
+    finally:
+        second.close()
+
+
+# --- Payload size and ids (issue #12, defect 6) ---------------------------------------------------
+
+
+def test_large_non_ascii_data_within_the_limit_is_delivered(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    """700 KB of 'é' (2 bytes each in UTF-8) is within the 1 MiB limit: it must not be inflated
+    (JSON's ASCII escaping made each one 6 bytes) past NATS's max payload."""
+    subject = f"{unique('big')}.x"
+    subscriber = subscribe(subject, unique("big"))
+    establish(stub, subject, [subscriber])
+    accented = "é" * 350_000
+    quoted = '"\\' * 300_000  # 600 KB that JSON would double
+    controls = "\x01" * 150_000  # 150 KB that JSON would make six times larger
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for message_id, data in zip(ids, (accented, quoted, controls), strict=True):
+        publish(stub, subject, id=message_id, data=data, metadata="ü" * 1000)
+    subscriber.wait_for_ids(ids)
+    by_id = {m.id: m for m in subscriber.messages}
+    assert [by_id[i].data for i in ids] == [accented, quoted, controls]
+    assert all(by_id[i].metadata == "ü" * 1000 for i in ids)
+
+
+def test_a_message_too_large_for_nats_is_invalid_argument_naming_data(
+    pubsub_server: ServerThread, stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('too-big')}.x"
+    subscriber = subscribe(subject, unique("too-big"))
+    probes = establish(stub, subject, [subscriber])
+    limit = pubsub_server.settings.nats_max_payload
+    for data, metadata in (("x" * limit, ""), ("é" * (limit // 2), ""), ("x" * (limit // 2), "y" * (limit // 2))):
+        code, details = rpc_error(lambda: publish(stub, subject, id=str(uuid.uuid4()), data=data, metadata=metadata))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert details.startswith("data:"), details
+        assert len(details) < 300
+    # Just below the limit (the envelope and headers take less than 300 bytes) is fine, and the
+    # NATS connection survived the refused ones.
+    fits = str(uuid.uuid4())
+    publish(stub, subject, id=fits, data="x" * (limit - 300 - len(fits)))
+    subscriber.wait_for_ids([fits])
+    assert non_probe(subscriber.ids(), probes) == [fits]
+
+
+def test_ids_that_differ_only_in_whitespace_stay_distinct(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    """The Nats-Msg-Id header used to be the raw id, trimmed and with line breaks replaced: `x`
+    and ` x `, or `a\nb` and `a b`, collided and one message was dropped as a duplicate."""
+    subject = f"{unique('ids')}.x"
+    subscriber = subscribe(subject, unique("ids"))
+    probes = establish(stub, subject, [subscriber])
+    base = unique("id")
+    ids = [base, f" {base} ", f"{base} ", f"\t{base}", f"{base}\n", f"a\n{base}", f"a {base}", f"a\r\n{base}",
+           f"a\r{base}", f"{base}\u0000", f"{base}é"]
+    for n, message_id in enumerate(ids):
+        publish(stub, subject, id=message_id, data=str(n))
+    last = str(uuid.uuid4())
+    publish(stub, subject, id=last, data="last")
+    subscriber.wait_for_ids([last])
+    got = non_probe(subscriber.ids(), probes)
+    assert got == [*ids, last]
+    # The same id again is still recognised as a retry within the duplicate window.
+    publish(stub, subject, id=ids[1], data="again")
+    after = str(uuid.uuid4())
+    publish(stub, subject, id=after, data="after")
+    subscriber.wait_for_ids([after])
+    assert non_probe(subscriber.ids(), probes) == [*ids, last, after]
+
+
+def test_messages_stored_in_the_old_json_envelope_are_still_read(
+    pubsub_server: ServerThread, stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    subject = f"{unique('legacy')}.x"
+    subscriber = subscribe(subject, unique("legacy"))
+    probes = establish(stub, subject, [subscriber])
+    assert pubsub_server.app.nats_client is not None
+    js = pubsub_server.app.nats_client.jetstream()
+    body = json.dumps({"id": "old-1", "data": "héllo \"old\"", "metadata": '{"v": 1}'}).encode()
+    pubsub_server.call(js.publish(PREFIX + subject, body, stream=STREAM, headers={"Nats-Msg-Id": "old-1"}))
+    subscriber.wait_for_ids(["old-1"])
+    [message] = [m for m in subscriber.messages if m.id not in probes]
+    assert (message.id, message.subject, message.data, message.metadata) == (
+        "old-1", subject, 'héllo "old"', '{"v": 1}')
