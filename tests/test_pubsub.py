@@ -19,6 +19,7 @@ published before the ones awaited: once those have arrived, its absence is meani
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
@@ -28,12 +29,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
+import nats.js.errors
 import pytest
 from google.protobuf import empty_pb2
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.messaging.pubsub import PREFIX, STREAM, ConsumerStatus, PubSub, durable_name
+from orisun.messaging.pubsub import PREFIX, STREAM, ConsumerStatus, PubSub, PubSubMessage, durable_name
 from orisun.model import Role
 from orisun.storage.embedded import EmbeddedPostgres
 from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
@@ -1090,3 +1092,51 @@ def test_acked_consumer_through_grpcurl_reflection(pubsub_server: ServerThread) 
     assert result.returncode == 0, result.stderr
     assert "rpc ConsumePubSub ( stream .eventstore.ConsumeRequest ) returns ( stream .eventstore.ConsumeResponse )" \
         in result.stdout, result.stdout
+
+
+def test_a_server_stream_holds_at_most_max_unacked_messages_and_gives_them_back(
+    pubsub_server: ServerThread,
+) -> None:
+    """The messaging layer under SubscribeToPubSub, with a bound of 3 and an ack delay longer than
+    the test: after 3 messages handed on (none acknowledged yet) it pulls no more; when the stream
+    ends, the 3 come back at once (the ack wait here is a minute)."""
+    assert pubsub_server.app.nats_client is not None
+    client = pubsub_server.app.nats_client
+    subject = f"{unique('bound')}.x"
+    name = unique("bound")
+    bounded = PubSub(client, retention=3600, ack_wait=60.0, ack_delay=30.0, max_unacked=3)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        first = bounded.subscribe(subject, name)
+        opening = asyncio.ensure_future(anext(first))
+        js = client.jetstream()
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while True:  # the consumer exists once the subscription has pulled
+            try:
+                await js.consumer_info(STREAM, durable_name(name, subject))
+                break
+            except nats.js.errors.NotFoundError:
+                assert time.monotonic() < deadline, "the consumer was not created"
+                await asyncio.sleep(0.02)
+        for message_id in ids:
+            await bounded.publish(PubSubMessage(message_id, subject, "x", ""))
+        handed = [(await asyncio.wait_for(opening, DELIVERY_TIMEOUT)).id]
+        handed += [(await asyncio.wait_for(anext(first), DELIVERY_TIMEOUT)).id for _ in range(2)]
+        fourth = asyncio.ensure_future(anext(first))
+        done, _ = await asyncio.wait([fourth], timeout=1.5)  # asserting that nothing happens
+        assert not done, "a fourth message was handed on while 3 were unacknowledged"
+        info = await js.consumer_info(STREAM, durable_name(name, subject))
+        assert (info.num_pending, info.num_ack_pending) == (2, 3), info
+        fourth.cancel()  # the stream ends
+        await asyncio.wait([fourth])
+        await first.aclose()
+
+        second = PubSub(client, retention=3600, ack_wait=60.0).subscribe(subject, name)
+        again = [(await asyncio.wait_for(anext(second), DELIVERY_TIMEOUT)).id for _ in range(5)]
+        await second.aclose()
+        return handed, again
+
+    handed, again = pubsub_server.call(scenario(), timeout=90)
+    assert handed == ids[:3]
+    assert sorted(again) == sorted(ids)
