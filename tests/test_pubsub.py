@@ -1140,3 +1140,25 @@ def test_a_server_stream_holds_at_most_max_unacked_messages_and_gives_them_back(
     handed, again = pubsub_server.call(scenario(), timeout=90)
     assert handed == ids[:3]
     assert sorted(again) == sorted(ids)
+
+
+def test_what_a_stalled_client_has_not_read_is_not_acknowledged(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscriber]
+) -> None:
+    """A client that stops reading (its HTTP/2 window full, BDP probing off so it stays small) keeps
+    some messages unread in its buffers. The server must not acknowledge them after the ack delay
+    while its writes are blocked: when the client then goes, every message comes back."""
+    subject = f"{unique('stalled')}.x"
+    name = unique("stalled")
+    first = subscribe(subject, name, pause_after=1, options=[("grpc.http2.bdp_probe", 0)])
+    probes = establish(stub, subject, [first])
+    published = publish_many(stub, subject, 12, data="s" * 30_000)  # ~360 kB: more than the window
+    # Longer than the ack delay (at most half the ack wait): time for a wrong acknowledgement to
+    # happen. Asserting that something does not happen needs the time to pass.
+    time.sleep(ACK_WAIT / 2 + 1.5)
+    assert len(first.messages) == 1
+    first.close()
+
+    second = subscribe(subject, name)
+    second.wait_for_ids(published, timeout=REDELIVERY_TIMEOUT)
+    assert set(non_probe(second.ids(), probes)) == set(published)
