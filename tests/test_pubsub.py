@@ -35,7 +35,7 @@ from google.protobuf import empty_pb2
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.messaging.pubsub import PREFIX, STREAM, ConsumerStatus, PubSub, PubSubMessage, durable_name
+from orisun.messaging.pubsub import PREFIX, STREAM, ConsumerStatus, PubSub, PubSubMessage, durable_name, wire_size
 from orisun.model import Role
 from orisun.storage.embedded import EmbeddedPostgres
 from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
@@ -783,8 +783,17 @@ def test_a_message_too_large_for_nats_is_invalid_argument_naming_data(
     # NATS connection survived the refused ones.
     fits = str(uuid.uuid4())
     publish(stub, subject, id=fits, data="x" * (limit - 300 - len(fits)))
-    subscriber.wait_for_ids([fits])
-    assert non_probe(subscriber.ids(), probes) == [fits]
+    # The check counts the exact bytes NATS gets: the largest message it allows passes NATS's own
+    # check (which would close the connection over one byte more), and one byte more is refused.
+    exact = str(uuid.uuid4())
+    largest = limit - wire_size(PubSubMessage(exact, subject, "", "é"))
+    publish(stub, subject, id=exact, data="y" * largest, metadata="é")
+    code, details = rpc_error(lambda: publish(stub, subject, id=str(uuid.uuid4()), data="y" * (largest + 1),
+                                              metadata="é"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    subscriber.wait_for_ids([fits, exact])
+    assert non_probe(subscriber.ids(), probes) == [fits, exact]
+    assert [len(m.data) for m in subscriber.messages if m.id == exact] == [largest]
 
 
 def test_ids_that_differ_only_in_whitespace_stay_distinct(
