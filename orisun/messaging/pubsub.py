@@ -438,6 +438,9 @@ class PubSub:
             # it gives back what is unacknowledged and ends.
             closed.set()
             await asyncio.wait([acknowledger])
+            if not acknowledger.cancelled() and (failure := acknowledger.exception()) is not None:
+                # A bug; the messages it held come back after ack_wait.
+                logger.opt(exception=failure).error("Pub/sub acknowledgements of {} failed", consumer_name)
             try:
                 await _give_back(self._client, [*window.take_all(), *([handing] if handing else [])])
             finally:
