@@ -112,6 +112,7 @@ def test_grpcurl_lists_services_with_credentials_only(server: ServerThread) -> N
         "CatchUpSubscribeToEvents",
         "PublishToPubSub",
         "SubscribeToPubSub",
+        "ConsumePubSub",
     ):
         assert f"rpc {rpc}" in described.stdout
 

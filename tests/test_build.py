@@ -180,7 +180,9 @@ RPCS = {
     "CatchUpSubscribeToEvents": ("CatchUpSubscribeToEventStoreRequest", "Event", True),
     "PublishToPubSub": ("PublishRequest", "google.protobuf.Empty", False),
     "SubscribeToPubSub": ("SubscribeRequest", "SubscribeResponse", True),
+    "ConsumePubSub": ("ConsumeRequest", "ConsumeResponse", True),
 }
+CLIENT_STREAMING = {"ConsumePubSub"}  # the client streams its acks
 
 
 def qualify(type_name: str) -> str:
@@ -199,7 +201,7 @@ def test_service_exposes_the_six_rpcs_with_their_streaming_kinds() -> None:
         method = service.methods_by_name[name]
         assert method.input_type.full_name == qualify(request), name
         assert method.output_type.full_name == qualify(response), name
-        assert method.client_streaming is False, name
+        assert method.client_streaming is (name in CLIENT_STREAMING), name
         assert method.server_streaming is server_streaming, name
         # The servicer base class and the stub know every RPC.
         assert callable(getattr(eventstore_pb2_grpc.EventStoreServicer, name)), name
@@ -259,6 +261,10 @@ CONTRACT = {
     "SubscribeRequest": {"subject": (1, S, False), "consumer_name": (2, S, False)},
     "SubscribeResponse": {"message": (1, "Message", False)},
     "Message": {"id": (1, S, False), "subject": (2, S, False), "data": (3, S, False), "metadata": (4, S, False)},
+    # Added for issue #12: ConsumePubSub, the explicitly acknowledged pub/sub consumer.
+    "ConsumeRequest": {"subject": (1, S, False), "consumer_name": (2, S, False), "max_in_flight": (3, U32, False),
+                       "ack": (4, U64, True), "nack": (5, U64, True)},
+    "ConsumeResponse": {"message": (1, "Message", False), "token": (2, U64, False), "delivery_count": (3, U32, False)},
 }
 
 

@@ -195,3 +195,27 @@ class Message(_message.Message):
     data: str
     metadata: str
     def __init__(self, id: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
+
+class ConsumeRequest(_message.Message):
+    __slots__ = ("subject", "consumer_name", "max_in_flight", "ack", "nack")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    NACK_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    consumer_name: str
+    max_in_flight: int
+    ack: _containers.RepeatedScalarFieldContainer[int]
+    nack: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, subject: _Optional[str] = ..., consumer_name: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., ack: _Optional[_Iterable[int]] = ..., nack: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ConsumeResponse(_message.Message):
+    __slots__ = ("message", "token", "delivery_count")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    token: int
+    delivery_count: int
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., token: _Optional[int] = ..., delivery_count: _Optional[int] = ...) -> None: ...

@@ -69,6 +69,11 @@ class EventStoreStub:
                 request_serializer=eventstore__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=eventstore__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.ConsumePubSub = channel.stream_stream(
+                '/eventstore.EventStore/ConsumePubSub',
+                request_serializer=eventstore__pb2.ConsumeRequest.SerializeToString,
+                response_deserializer=eventstore__pb2.ConsumeResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -116,7 +121,20 @@ class EventStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubscribeToPubSub(self, request, context):
-        """Receive a subject's messages, as a named (durable, competing) consumer.
+        """Receive a subject's messages, as a named (durable, competing) consumer. At-least-once: the
+        messages sent in the last seconds before the stream ends are delivered again (see
+        SubscribeRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumePubSub(self, request_iterator, context):
+        """Receive a subject's messages and acknowledge each one explicitly, for consumers that must
+        process every message: a message is settled only when the client acks it; when the stream
+        ends for any reason, every message not acked is delivered again at once. A message neither
+        acked nor nacked within ORISUN_PUBSUB_ACK_WAIT is delivered again too. When the client closes
+        its side, the server settles the acks sent before, gives back the rest and ends the call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +172,11 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.SubscribeToPubSub,
                     request_deserializer=eventstore__pb2.SubscribeRequest.FromString,
                     response_serializer=eventstore__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'ConsumePubSub': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConsumePubSub,
+                    request_deserializer=eventstore__pb2.ConsumeRequest.FromString,
+                    response_serializer=eventstore__pb2.ConsumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -322,6 +345,33 @@ class EventStore:
             '/eventstore.EventStore/SubscribeToPubSub',
             eventstore__pb2.SubscribeRequest.SerializeToString,
             eventstore__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumePubSub(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/eventstore.EventStore/ConsumePubSub',
+            eventstore__pb2.ConsumeRequest.SerializeToString,
+            eventstore__pb2.ConsumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 
 from orisun.errors import InvalidArgument, PermissionDenied, quoted
-from orisun.messaging.pubsub import ConsumerStatus, PubSub, PubSubMessage
+from orisun.messaging.pubsub import ConsumerStatus, Delivery, PubSub, PubSubMessage
 from orisun.model import User
 
 _TOKEN = r"[A-Za-z0-9_-]+"
@@ -16,6 +18,21 @@ PUBLISH_SUBJECT = re.compile(rf"{_TOKEN}(\.{_TOKEN})*")
 SUBSCRIBE_SUBJECT = re.compile(rf"({_TOKEN}|\*)(\.({_TOKEN}|\*))*(\.>)?|>")
 CONSUMER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SUBJECT_BYTES = 256
+MAX_ID_BYTES = 256
+DEFAULT_IN_FLIGHT = 100  # ConsumePubSub's max_in_flight when the client leaves it 0
+MAX_IN_FLIGHT = 10_000
+
+
+@dataclass(frozen=True)
+class ConsumeRequest:
+    """A ConsumePubSub client message: the first opens (subject, name, max_in_flight), later ones
+    settle deliveries by token."""
+
+    subject: str = ""
+    consumer_name: str = ""
+    max_in_flight: int = 0
+    ack: tuple[int, ...] = ()
+    nack: tuple[int, ...] = ()
 
 
 def _check_subject(subject: str, pattern: re.Pattern[str], what: str) -> None:
@@ -41,22 +58,100 @@ class PubSubService:
         if not user.can_write:
             raise PermissionDenied(f"user {quoted(user.username)} may not publish (needs role ADMIN or OPERATIONS)")
         _check_subject(message.subject, PUBLISH_SUBJECT, "a subject to publish to (no wildcards)")
-        size = len(message.data.encode()) + len(message.metadata.encode()) + len(message.id.encode()) + 256
-        if size > self._max_payload:
-            raise InvalidArgument(f"data: the message is about {size} bytes, more than the {self._max_payload} "
-                                  "allowed (ORISUN_NATS_MAX_PAYLOAD)")
         if not message.id:
             message = PubSubMessage(str(uuid.uuid4()), message.subject, message.data, message.metadata)
-        elif len(message.id.encode()) > 256:
-            raise InvalidArgument("id: must be at most 256 bytes")
+        elif len(message.id.encode()) > MAX_ID_BYTES:
+            raise InvalidArgument(f"id: must be at most {MAX_ID_BYTES} bytes")
+        # The exact bytes NATS would get (body and headers) are checked by the messaging layer,
+        # which knows them; this bound (the configured limit) applies as well.
+        if len(message.data.encode()) + len(message.metadata.encode()) > self._max_payload:
+            raise InvalidArgument(f"data: data and metadata take more than the {self._max_payload} bytes "
+                                  "allowed (ORISUN_NATS_MAX_PAYLOAD)")
         await self._pubsub.publish(message)
         return message
 
-    async def subscribe(self, user: User, subject: str, consumer_name: str) -> AsyncGenerator[PubSubMessage, None]:
-        _check_subject(subject, SUBSCRIBE_SUBJECT, "a subject to subscribe to")
-        if not CONSUMER_NAME.fullmatch(consumer_name):
-            raise InvalidArgument(f"consumer_name: {quoted(consumer_name)} must be 1-64 letters, digits, _ or -")
-        # aclosing: a cancelled client must release its pull subscription now, not at GC.
-        async with contextlib.aclosing(self._pubsub.subscribe(subject, consumer_name)) as messages:
+    async def subscribe(self, user: User, subject: str, consumer_name: str,
+                        closed: asyncio.Event | None = None) -> AsyncGenerator[PubSubMessage, None]:
+        """SubscribeToPubSub; ``closed`` is set when the call ends (see PubSub.subscribe)."""
+        _check_opening(subject, consumer_name)
+        # aclosing: a cancelled client must give back its messages now, not at GC.
+        async with contextlib.aclosing(self._pubsub.subscribe(subject, consumer_name, closed)) as messages:
             async for message in messages:
                 yield message
+
+    async def consume(self, user: User, requests: AsyncIterator[ConsumeRequest]) -> AsyncGenerator[Delivery, None]:
+        """ConsumePubSub: deliveries to settle, at most max_in_flight unsettled at a time, until the
+        client closes its side (or goes). What is not acked when it ends is given back."""
+        first = await anext(requests, None)
+        if first is None:
+            return  # the client closed without opening
+        _check_opening(first.subject, first.consumer_name)
+        if first.max_in_flight > MAX_IN_FLIGHT:
+            raise InvalidArgument(f"max_in_flight: must be at most {MAX_IN_FLIGHT} (0 = {DEFAULT_IN_FLIGHT}), "
+                                  f"not {first.max_in_flight}")
+        if first.ack or first.nack:
+            raise InvalidArgument(f"{'ack' if first.ack else 'nack'}: the first ConsumeRequest opens the stream "
+                                  "and settles nothing")
+        limit = first.max_in_flight or DEFAULT_IN_FLIGHT
+        consumer = await self._pubsub.consume(first.subject, first.consumer_name)
+        settled = asyncio.Event()  # the client settled something, or stopped sending: look again
+        failures: list[BaseException] = []
+        ended = asyncio.Event()
+
+        async def settle() -> None:
+            try:
+                async for request in requests:
+                    _check_settling(request)
+                    await consumer.ack(request.ack)
+                    await consumer.nak(request.nack)
+                    settled.set()
+            except Exception as exc:  # handed to the stream, which reports it
+                failures.append(exc)
+            finally:
+                ended.set()
+                settled.set()
+
+        settler = asyncio.create_task(settle(), name=f"pubsub-consume-{first.consumer_name}")
+        try:
+            while not ended.is_set():
+                if consumer.in_flight >= limit:
+                    settled.clear()
+                    await settled.wait()
+                    continue
+                receiving = asyncio.ensure_future(consumer.receive(limit - consumer.in_flight))
+                stopping = asyncio.ensure_future(ended.wait())
+                await asyncio.wait([receiving, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not receiving.done():
+                    # An unfinished pull's messages, if any come, are redelivered after the ack wait.
+                    receiving.cancel()
+                    await asyncio.wait([receiving])
+                    break
+                for delivery in receiving.result():
+                    if ended.is_set():
+                        break  # given back by close() below
+                    yield delivery
+            if failures:
+                raise failures[0]
+        finally:
+            settler.cancel()
+            await asyncio.wait([settler])
+            await consumer.close()
+
+
+def _check_opening(subject: str, consumer_name: str) -> None:
+    _check_subject(subject, SUBSCRIBE_SUBJECT, "a subject to subscribe to")
+    if not CONSUMER_NAME.fullmatch(consumer_name):
+        raise InvalidArgument(f"consumer_name: {quoted(consumer_name)} must be 1-64 letters, digits, _ or -")
+
+
+def _check_settling(request: ConsumeRequest) -> None:
+    """A ConsumePubSub message after the first: acks and nacks only."""
+    for field, value in (("subject", request.subject), ("consumer_name", request.consumer_name),
+                         ("max_in_flight", request.max_in_flight)):
+        if value:
+            raise InvalidArgument(f"{field}: only the first ConsumeRequest opens the stream; later ones carry "
+                                  "ack and nack only")
+    for field, tokens in (("ack", request.ack), ("nack", request.nack)):
+        if 0 in tokens:
+            raise InvalidArgument(f"{field}: 0 is not a delivery token")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.messaging.pubsub import PubSubMessage
 from orisun.service.events import EventStore
-from orisun.service.pubsub import PubSubService
+from orisun.service.pubsub import ConsumeRequest, PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.transport import convert
 from orisun.transport.auth import current_user
@@ -74,9 +75,31 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     async def SubscribeToPubSub(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        messages = self._pubsub.subscribe(current_user.get(), request.subject, request.consumer_name)
+        # Set when the call ends however it ends, even while the handler is suspended in a write:
+        # from then on nothing sent is counted as received.
+        closed = asyncio.Event()
+        context.add_done_callback(lambda _: closed.set())
+        messages = self._pubsub.subscribe(current_user.get(), request.subject, request.consumer_name, closed)
         async with contextlib.aclosing(messages):
             async for m in messages:
                 yield pb.SubscribeResponse(
                     message=pb.Message(id=m.id, subject=m.subject, data=m.data, metadata=m.metadata)
+                )
+
+    @translate_errors
+    async def ConsumePubSub(
+        self, requests: AsyncIterator[pb.ConsumeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ConsumeResponse]:
+        async def converted() -> AsyncIterator[ConsumeRequest]:
+            async for r in requests:
+                yield ConsumeRequest(r.subject, r.consumer_name, r.max_in_flight, tuple(r.ack), tuple(r.nack))
+
+        deliveries = self._pubsub.consume(current_user.get(), converted())
+        async with contextlib.aclosing(deliveries):
+            async for d in deliveries:
+                m = d.message
+                yield pb.ConsumeResponse(
+                    message=pb.Message(id=m.id, subject=m.subject, data=m.data, metadata=m.metadata),
+                    token=d.token,
+                    delivery_count=d.delivery_count,
                 )
