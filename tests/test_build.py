@@ -209,7 +209,7 @@ def test_service_exposes_the_six_rpcs_with_their_streaming_kinds() -> None:
 
 
 # message -> {field: (number, type name or scalar, repeated)}; contract section 1.
-S, I32, U32, I64, U64, E = "string", "int32", "uint32", "int64", "uint64", "enum"
+S, I32, U32, I64, U64, E, B = "string", "int32", "uint32", "int64", "uint64", "enum", "bool"
 CONTRACT = {
     "Position": {"commit_position": (1, U64, False), "prepare_position": (2, U64, False)},
     "Tag": {"key": (1, S, False), "value": (2, S, False)},
@@ -250,7 +250,8 @@ CONTRACT = {
         "stream": (6, "GetStreamQuery", False),
         "last_retrieved_position": (7, "Position", False),
     },
-    "GetEventsResponse": {"events": (1, "Event", True)},
+    # truncated: added for issue #12 (a page cut to fit the message size limit).
+    "GetEventsResponse": {"events": (1, "Event", True), "truncated": (2, B, False)},
     "CatchUpSubscribeToEventStoreRequest": {
         "position": (1, "Position", False),
         "query": (2, "Query", False),
@@ -282,6 +283,7 @@ def test_messages_match_the_contract() -> None:
         FieldDescriptor.TYPE_INT64: I64,
         FieldDescriptor.TYPE_UINT64: U64,
         FieldDescriptor.TYPE_ENUM: E,
+        FieldDescriptor.TYPE_BOOL: B,
     }
     file = eventstore_pb2.DESCRIPTOR
     assert set(file.message_types_by_name) == set(CONTRACT)
