@@ -1,14 +1,11 @@
--- store_events (0006) reads its per-event arrays by subscript: p_data[w.off + k]. PL/pgSQL keeps
--- array arguments in expanded form, where a subscript is O(1), but by default it plans a
--- statement with the current argument values as constants: each array becomes one flat constant,
--- and a subscript of a flat array of variable-width values walks it from the start. A write of
--- n events then cost O(n^2): 10,000 events of 1 kB took ~1.3 s, most of it walking arrays. A
--- generic plan keeps the arguments as parameters (the plans' shape does not depend on their
--- values), so each subscript is O(1) again.
 -- jit = off as for append_events (0010): the default row estimates of generate_series and
--- jsonb_array_elements put the tag insert above jit_above_cost, and compiling it costs
--- milliseconds per call where PostgreSQL has JIT.
-ALTER FUNCTION store_events(integer[], integer[], bigint[], integer[], text[], uuid[], text[], text[], text[], jsonb[])
-    SET plan_cache_mode = force_generic_plan;
+-- jsonb_array_elements put store_events' tag insert above jit_above_cost, and compiling it costs
+-- milliseconds per call where PostgreSQL has JIT (Debian's PostgreSQL 15 does, by default).
+--
+-- Not done here: plan_cache_mode = force_generic_plan. It made one 10,000-event write linear
+-- (the subscripts p_data[w.off + k] stay O(1) on PL/pgSQL's expanded arrays instead of walking
+-- flattened constants), but concurrent groups mixing big and small writes became about ten
+-- times slower (tests/test_failures.py's shutdown test: 6.6 s to 45-90 s). Reading the arrays
+-- without subscripts belongs to the write-path work of issue #13.
 ALTER FUNCTION store_events(integer[], integer[], bigint[], integer[], text[], uuid[], text[], text[], text[], jsonb[])
     SET jit = off;
