@@ -76,8 +76,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_NATS_USERNAME", "orisun", "User that Orisun's NATS clients authenticate as."),
     Variable("ORISUN_NATS_PASSWORD", "(random at each start)", "Password of that NATS user."),
     Variable("ORISUN_PUBSUB_RETENTION", "168h", "How long pub/sub messages are kept for consumers that are away."),
-    Variable("ORISUN_PUBSUB_ACK_WAIT", "30s", "After this, a pub/sub message handed to a client that vanished is "
-             "redelivered."),
+    Variable("ORISUN_PUBSUB_ACK_WAIT", "30s", "After this, a pub/sub message delivered and neither acknowledged "
+             "nor given back (a ConsumePubSub client that did not ack, a crashed server) is redelivered; "
+             "SubscribeToPubSub acknowledges after 10s, at most half of it."),
     Variable("ORISUN_LIVE_FEED_RETENTION", "1h", "How long the live feed keeps events in JetStream for live "
              "subscribers; older events are read from PostgreSQL."),
     Variable("ORISUN_NATS_CLUSTER_ENABLED", "false", "Join a NATS cluster (clustered mode)."),

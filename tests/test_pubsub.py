@@ -42,6 +42,7 @@ from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
 from tests.support import (
     ADMIN,
     GrpcurlStream,
+    LoopThread,
     ServerThread,
     StreamReader,
     auth_metadata,
@@ -128,10 +129,11 @@ class Subscriber(StreamReader[pb.SubscribeResponse]):
         pause_after: int | None = None,
         stop_after: int | None = None,
         options: list[tuple[str, Any]] | None = None,
+        address: str | None = None,
     ) -> None:
         self.subject = subject
         self.consumer_name = consumer_name
-        channel = grpc.insecure_channel(server.address, options=options)
+        channel = grpc.insecure_channel(address or server.address, options=options)
         request = pb.SubscribeRequest(subject=subject, consumer_name=consumer_name)
         call = pb_grpc.EventStoreStub(channel).SubscribeToPubSub(request, metadata=auth_metadata(*auth), timeout=120)
         super().__init__(call, channel, f"subscription {consumer_name} on {subject}", pause_after=pause_after,
@@ -739,6 +741,82 @@ def test_messages_of_a_stream_the_server_ends_are_redelivered(start_server: Call
         second.wait_for_ids(published, timeout=REDELIVERY_TIMEOUT)
     finally:
         second.close()
+
+
+class FreezingProxy:
+    """A TCP proxy to ``target`` that can freeze: it then forwards nothing either way and keeps
+    every connection open, as when a client's host vanishes (powered off, cable pulled) and no
+    FIN or RST ever reaches the server."""
+
+    def __init__(self, target: str) -> None:
+        self._host, port = target.rsplit(":", 1)
+        self._port = int(port)
+        self._loop = LoopThread("freezing-proxy")
+        self._thawed = threading.Event()
+        self._thawed.set()
+        self._server: asyncio.Server | None = None
+        self.address = self._loop.call(self._start())
+
+    async def _start(self) -> str:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _connect(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(self._host, self._port)
+        await asyncio.gather(self._pump(client_reader, server_writer), self._pump(server_reader, client_writer),
+                             return_exceptions=True)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not self._thawed.is_set():
+                await asyncio.Future()  # frozen for good: these bytes are never forwarded
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._loop.close()
+
+
+def test_messages_sent_to_a_client_whose_host_vanished_are_given_back(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A client whose host vanishes never closes its connection: only the server's keepalive
+    pings tell it is gone. That must happen before the ack delay would acknowledge what the server
+    wrote into the dead connection, and the stream then gives those messages back: the next
+    consumer of the name gets them at once, well before the ack wait (30 s) would redeliver them.
+    (Without keepalives the dead stream acknowledged them after its ack delay: lost.)"""
+    server = start_server()  # the default ack wait, 30 s: the ack delay is 10 s
+    subject = f"{unique('vanished')}.x"
+    name = unique("vanished")
+    proxy = FreezingProxy(server.address)
+    try:
+        with server.stub() as stub:
+            doomed = Subscriber(server, subject, name, address=proxy.address)
+            try:
+                establish(stub, subject, [doomed])
+                proxy.freeze()
+                published = publish_many(stub, subject, 3)
+                # The doomed stream pulls each message and writes it into the frozen connection.
+                wait_for(lambda: (s := consumer_status(server, subject, name)) is not None and s.pending == 0,
+                         DELIVERY_TIMEOUT, "the messages handed to the vanished client's stream")
+                started = time.monotonic()
+                heir = Subscriber(server, subject, name)
+                try:
+                    heir.wait_for_ids(published, timeout=25)
+                    assert time.monotonic() - started < 25
+                finally:
+                    heir.close()
+            finally:
+                doomed.close()
+        assert not set(doomed.ids()) & set(published)
+    finally:
+        proxy.close()
 
 
 # --- Payload size and ids (issue #12, defect 6) ---------------------------------------------------

@@ -48,12 +48,14 @@ _LEADERLESS_POLL = 0.25  # seconds between pulls while a clustered consumer has 
 _LEADERLESS_FOR = 30.0  # seconds without a leader before the subscriber is told to retry
 
 # SubscribeToPubSub: a message is acknowledged once its stream stayed open this long after sending
-# it (at most half the ack wait, so that JetStream never redelivers it meanwhile)...
-ACK_DELAY = 5.0
+# it (at most half the ack wait, so that JetStream never redelivers it meanwhile). Longer than the
+# gRPC server's keepalive time plus timeout (8 s, transport/server.py), so that a client whose
+# host vanished is noticed, and its messages given back, before they are acknowledged...
+ACK_DELAY = 10.0
 # ...and one stream has at most this many sent, unacknowledged messages: what it may get twice
 # after a disconnect. It also caps a stream at MAX_UNACKED / ACK_DELAY messages a second, here
 # 2,000, about what one stream reaches anyway (measured: ~2,000/s with 100-byte messages).
-MAX_UNACKED = 10_000
+MAX_UNACKED = 20_000
 # A consumer's own bound on unacknowledged messages, over all its streams (JetStream's default,
 # 1,000, would throttle competing streams that each hold up to MAX_UNACKED).
 _CONSUMER_MAX_ACK_PENDING = 100_000

@@ -19,6 +19,9 @@ from orisun.transport.auth import AuthInterceptor, Gate
 from orisun.transport.convert import PAGE_ROOM, SEND_HEADROOM
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
+KEEPALIVE_TIME_MS = 4_000
+KEEPALIVE_TIMEOUT_MS = 4_000
+
 
 class GrpcServer:
     def __init__(
@@ -46,6 +49,23 @@ class GrpcServer:
                 # gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port
                 # silently and steal half the connections. A port in use must be an error.
                 ("grpc.so_reuseport", 0),
+                # Keepalive pings on connections with calls in progress: a client whose host
+                # vanished without closing its connection is noticed within KEEPALIVE_TIME +
+                # KEEPALIVE_TIMEOUT, which ends its calls: a subscriber_name is freed, and
+                # SubscribeToPubSub gives back its unacknowledged messages before its ack delay
+                # (messaging.pubsub.ACK_DELAY, longer than this) would acknowledge them.
+                ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                # This gRPC closes the connection on an unanswered ping only after the ping
+                # timeout (a minute by default), whatever the keepalive timeout says (measured).
+                ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                # ... also while the server has no data to send (by default it stops pinging after
+                # two pings without data, and a silent subscription would go unchecked).
+                ("grpc.http2.max_pings_without_data", 0),
+                # Clients may ping as often as every 5 s, also between calls, without being told
+                # "too many pings" (gRPC's default allows one ping in 5 minutes without data).
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ],
         )
         servicer = EventStoreServicer(events, subscriptions, pubsub, page_bytes=max(1, max_message_size - PAGE_ROOM))
