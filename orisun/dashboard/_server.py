@@ -35,6 +35,7 @@ from orisun.dashboard._convert import (
     tail_query,
     user_json,
 )
+from orisun.dashboard._requests import MAX_LARGE_BODY_BYTES, json_body, text_field, username_in_path
 from orisun.dashboard._sessions import Session, Sessions, csrf_ok
 from orisun.errors import (
     AlreadyExists,
@@ -56,7 +57,6 @@ from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.throttle import Throttled
 from orisun.service.users import Users
-from orisun.service.validation import is_storable
 
 COOKIE = "orisun_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -67,12 +67,6 @@ STATIC = Path(str(resources.files("orisun.dashboard").joinpath("static")))
 # dot. Anything else is a 404 before the file system is asked (a 5,000-character name made the
 # operating system fail with ENAMETOOLONG; NUL, '..' and hidden files never reach it either).
 _STATIC_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,99}){0,3}")
-MAX_JSON_DEPTH = 64  # nesting of a request's JSON body; the dashboard's bodies are flat objects
-# A request body: 64 KiB is plenty for every form; only DELETE /api/users takes up to 1 MiB, for
-# a name stored before usernames were limited (they could be that long). Parsing is the cost: a
-# 1 MiB body of empty lists costs ~0.2 s of CPU, so the login (open to anyone) gets the small limit.
-MAX_BODY_BYTES = 64 * 1024
-MAX_LARGE_BODY_BYTES = 1024 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Answer without a session: the login page and its assets, and the login itself.
 _PUBLIC = frozenset({("GET", "/login"), ("HEAD", "/login"), ("POST", "/api/login")})
@@ -278,8 +272,8 @@ class Dashboard:
     # --- Session -----------------------------------------------------------------------------
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        username, password = _text(body, "username"), _text(body, "password")
+        body = await json_body(request)
+        username, password = text_field(body, "username"), text_field(body, "password")
         address = request.remote or "unknown"
         try:
             # Throttled (shared with gRPC: Users.throttle) and counted by Users.
@@ -434,32 +428,32 @@ class Dashboard:
 
     async def create_user(self, request: web.Request) -> web.StreamResponse:
         self._admin(request)
-        body = await _json_body(request)
+        body = await json_body(request)
         roles = body.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidArgument("roles: must be a list of role names (ADMIN, OPERATIONS)")
-        user = await self.users.create(_text(body, "name", required=False), _text(body, "username"),
-                                       _text(body, "password"), roles)
+        user = await self.users.create(text_field(body, "name", required=False), text_field(body, "username"),
+                                       text_field(body, "password"), roles)
         logger.info("Dashboard: {!r} created user {!r}", request[USER].username, user.username)
         return web.json_response(user_json(user), status=201)
 
     async def change_password(self, request: web.Request) -> web.StreamResponse:
         self._admin(request)
-        body = await _json_body(request)
-        username = _username_in_path(request)
-        await self.users.change_password(username, _text(body, "password"))
+        body = await json_body(request)
+        username = username_in_path(request)
+        await self.users.change_password(username, text_field(body, "password"))
         logger.info("Dashboard: {} changed the password of {}", quote(request[USER].username), quote(username))
         return web.Response(status=204)
 
     async def delete_user(self, request: web.Request) -> web.StreamResponse:
-        return await self._delete_user(request, _username_in_path(request))
+        return await self._delete_user(request, username_in_path(request))
 
     async def delete_user_named(self, request: web.Request) -> web.StreamResponse:
         """DELETE /api/users {"username"}: the name in the body, so that no URL length limit stands
         in the way (names were unlimited before MAX_USERNAME_CHARS)."""
         self._admin(request)
-        body = await _json_body(request, max_bytes=MAX_LARGE_BODY_BYTES)
-        return await self._delete_user(request, _text(body, "username"))
+        body = await json_body(request, max_bytes=MAX_LARGE_BODY_BYTES)
+        return await self._delete_user(request, text_field(body, "username"))
 
     async def _delete_user(self, request: web.Request, username: str) -> web.StreamResponse:
         me = self._admin(request)
@@ -512,71 +506,3 @@ class _MalformedRequests(logging.Filter):
 
 
 logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
-
-
-def _username_in_path(request: web.Request) -> str:
-    """The {username} of a path; one PostgreSQL cannot store (NUL, lone surrogate) cannot exist."""
-    username = request.match_info["username"]
-    if not is_storable(username):
-        raise InvalidArgument("username: must be text without NUL characters or lone surrogates")
-    return username
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether parsed JSON nests containers more than ``limit`` deep (level by level, no recursion:
-    ~50 ms for 1 MiB of empty lists)."""
-    level = [value]
-    depth = 0
-    while level:
-        containers = [item for item in level if isinstance(item, dict | list)]
-        if not containers:
-            return False
-        depth += 1
-        if depth > limit:
-            return True
-        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
-    return False
-
-
-async def _json_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The request's JSON object, read the one way every route reads one: at most ``max_bytes``
-    (413 beyond), UTF-8 (415 for another charset), at most MAX_JSON_DEPTH levels deep."""
-    charset = request.charset
-    if charset is not None and charset.lower().replace("-", "").replace("_", "") != "utf8":
-        raise web.HTTPUnsupportedMediaType(reason="Content-Type: the charset must be utf-8")
-    size, raw = request.content_length or 0, b""
-    if size <= max_bytes:  # else refused unread
-        raw = await request.read()  # a chunked body: read up to client_max_size
-        size = len(raw)
-    if size > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size,
-                                            reason=f"body: larger than {max_bytes} bytes")
-    try:
-        text = raw.decode("utf-8")
-        body = json.loads(text)
-    except UnicodeDecodeError:
-        raise InvalidArgument("body: is not UTF-8") from None
-    except RecursionError:
-        raise InvalidArgument(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError:  # also a number of more than 4,300 digits, which is no JSONDecodeError
-        raise InvalidArgument("body: is not valid JSON") from None
-    # Counting brackets first spares the walk for every ordinary (flat) body.
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
-        raise InvalidArgument(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    if not isinstance(body, dict):
-        raise InvalidArgument("body: must be a JSON object")
-    return body
-
-
-def _text(body: dict[str, Any], field: str, *, required: bool = True) -> str:
-    value = body.get(field, "")
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{field}: must be a string")
-    if required and not value:
-        raise InvalidArgument(f"{field}: is required")
-    if not is_storable(value):  # JSON's \ud800 escapes make lone surrogates, which cannot be encoded
-        raise InvalidArgument(f"{field}: must be text without NUL characters or lone surrogates")
-    return value
-
-
-

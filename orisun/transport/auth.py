@@ -31,7 +31,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from loguru import logger
 
-from orisun.errors import OrisunError, Unauthenticated
+from orisun.errors import OrisunError, Unauthenticated, quoted
 from orisun.model import User
 from orisun.service.throttle import Throttled
 from orisun.service.users import Credential, Users
@@ -147,11 +147,6 @@ class QuietLog:
         logger.log(self.level, "{}", text)
 
 
-def _short(value: str, limit: int = 64) -> str:
-    """``value`` for a log line or a status message: quoted, at most ``limit`` characters of it."""
-    return repr(value[:limit] + ("…" if len(value) > limit else ""))
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, users: Users, gate: Gate) -> None:
         self.users = users
@@ -191,9 +186,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Unauthenticated (maybe Throttled), or Unavailable when the users table cannot be read.
             code, message = status_of(exc)
             if isinstance(exc, Throttled):
-                self._login_log(f"gRPC: throttled login for {_short(username)} from {address} ({method})")
+                self._login_log(f"gRPC: throttled login for {quoted(username)} from {address} ({method})")
             elif isinstance(exc, Unauthenticated):
-                self._login_log(f"gRPC: failed login for {_short(username)} from {address} ({method})")
+                self._login_log(f"gRPC: failed login for {quoted(username)} from {address} ({method})")
             else:
                 self._refusal_log(f"Refused {method} from {address}: {message}")
             await context.abort(code, message)
@@ -246,7 +241,7 @@ class _Revocation:
         return True
 
     async def abort(self, context: grpc.aio.ServicerContext) -> None:
-        message = f"user {_short(self.username)} was deleted or its password changed; sign in again"
+        message = f"user {quoted(self.username)} was deleted or its password changed; sign in again"
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
 
