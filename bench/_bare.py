@@ -11,7 +11,7 @@ process spends per call is what gRPC in Python costs before any Orisun code runs
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import signal
 import sys
 import uuid
 
@@ -56,10 +56,15 @@ async def serve(port: int) -> None:
     pb_grpc.add_EventStoreServicer_to_server(Bare(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    # The bench stops us with SIGTERM, or the terminal's Ctrl-C reaches us too: stop the server
+    # inside the loop (a gRPC server left to the garbage collector after the loop closed complains).
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
     print("ready", flush=True)
-    await server.wait_for_termination()
+    await stopping.wait()
+    await server.stop(0)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):  # the bench stops us with SIGTERM or the terminal's Ctrl-C
-        asyncio.run(serve(int(sys.argv[1])))
+    asyncio.run(serve(int(sys.argv[1])))

@@ -28,7 +28,7 @@ def install(conninfo: str, workdir: Path) -> tuple[str | None, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         packed = subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=workdir, capture_output=True, text=True,
-                                timeout=180, check=False)
+                                timeout=60, check=False)
     except subprocess.TimeoutExpired:
         return None, "npm pack timed out (no registry access?)"
     tarballs = sorted(workdir.glob("*.tgz"))

@@ -56,6 +56,7 @@ TAG_HITS = 100  # events per tenant tag in the prefill
 LIMIT = 64 << 20
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", LIMIT), ("grpc.max_receive_message_length", LIMIT)]
 TICK = os.sysconf("SC_CLK_TCK")
+CLIENT_BOUND_PCT = 85  # a client process busier than this (% of a core) may be what limits the figure
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,8 @@ def measure(clients: Clients, tasks: list[dict[str, Any]], seconds: float, serve
         "postgres_cpu_s": pg1 - pg0, "postgres_us_per_event": (pg1 - pg0) * per_event,
         "client_processes": len(tasks), "client_cpu_s": client_cpu, "client_us_per_event": client_cpu * per_event,
         "client_cpu_pct_of_core": 100 * client_cpu / wall,
+        # One client process near a full core is the load generator limiting the figure.
+        "client_busiest_process_pct": max(100 * a["cpu"] / a["wall"] for a in answers),
     }
 
 
@@ -387,8 +390,8 @@ def fmt(value: float | None, digits: int = 0) -> str:
 def print_row(system: str, r: dict[str, Any]) -> None:
     print(f"  {system:10}{fmt(r['events_per_s']):>11}{fmt(r['p50_ms'], 2):>9}{fmt(r['p99_ms'], 2):>9}"
           f"{fmt(r['server_us_per_event'], 1):>11}{fmt(r['postgres_us_per_event'], 1):>10}"
-          f"{fmt(r['client_us_per_event'], 1):>11}{fmt(r['client_cpu_pct_of_core']):>7}%{r['client_processes']:>4}",
-          flush=True)
+          f"{fmt(r['client_us_per_event'], 1):>11}{fmt(r['client_cpu_pct_of_core']):>7}%{r['client_processes']:>4}"
+          f"{'  client-bound?' if r['client_busiest_process_pct'] >= CLIENT_BOUND_PCT else ''}", flush=True)
 
 
 def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
@@ -432,7 +435,16 @@ def main() -> None:
         workloads = [w for w in WORKLOADS if w.name in wanted]
     systems = set(args.systems.split(",")) if args.systems else {"orisun", "raw", "copy", "messagedb", "bare"}
     # SIGTERM stops the run like Ctrl-C: through the finally blocks that stop what was started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The flag tells an interruption from a failure when the signal lands in another thread and
+    # what surfaces first is a client's error (the bare server got the terminal's Ctrl-C too).
+    interrupted: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -490,6 +502,11 @@ def main() -> None:
             report["ratios"] = ratios(report["results"])
             print_ratios(report["ratios"], report["results"])
     except KeyboardInterrupt:
+        print("interrupted: stopping everything started", file=sys.stderr)
+        raise SystemExit(130) from None
+    except RuntimeError:
+        if not interrupted:
+            raise
         print("interrupted: stopping everything started", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
