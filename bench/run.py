@@ -108,6 +108,19 @@ MDB_PAGE = "SELECT * FROM message_store.get_category_messages(%s, %s, %s)"
 # --- CPU from /proc ---------------------------------------------------------------------------------
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds (user + system) of ``root`` and its live descendants, plus their reaped children."""
     parent: dict[int, int] = {}
@@ -259,6 +272,10 @@ async def _task(task: dict[str, Any], pipe: Connection) -> None:
         await asyncio.gather(*(caller(i) for i in range(callers)))
         pipe.send({"events": total, "latencies": latencies, "cpu": time.process_time() - cpu,
                    "wall": time.perf_counter() - began})
+        # Connections stay open until the main process has read the CPU counters: a backend
+        # exiting (and being reaped) while /proc is read would take its CPU out of, or double
+        # it in, the sum.
+        pipe.recv()
     except Exception as error:  # reported to the main process, which stops the run
         pipe.send({"error": f"{type(error).__name__}: {str(error)[:300]}"})
     finally:
@@ -266,6 +283,7 @@ async def _task(task: dict[str, Any], pipe: Connection) -> None:
             await channel.close()
         for conn in conns:
             await conn.close()
+        pipe.send("closed")
 
 
 def worker(pipe: Connection) -> None:
@@ -295,8 +313,8 @@ class Clients:
             with contextlib.suppress(OSError):  # that worker is gone already
                 pipe.send(None)
         for proc in self.procs:
-            proc.join(10)
-            if proc.is_alive():
+            proc.join(3)
+            if proc.is_alive():  # stopped mid-task, waiting for the main process
                 proc.terminate()
                 proc.join(5)
 
@@ -304,6 +322,7 @@ class Clients:
 def measure(clients: Clients, tasks: list[dict[str, Any]], seconds: float, server_pid: int | None,
             postgres_pid: int) -> dict[str, Any]:
     pipes = clients.pipes[:len(tasks)]
+    backends = len(children(postgres_pid))
     for pipe, task in zip(pipes, tasks, strict=True):
         pipe.send(task)
     for pipe in pipes:
@@ -317,11 +336,19 @@ def measure(clients: Clients, tasks: list[dict[str, Any]], seconds: float, serve
         pipe.send(seconds)
     answers = [pipe.recv() for pipe in pipes]
     wall = time.perf_counter() - began
-    server1 = tree_cpu(server_pid) if server_pid else 0.0
-    pg1 = tree_cpu(postgres_pid)
     for answer in answers:
         if "error" in answer:
             raise RuntimeError(answer["error"])
+    server1 = tree_cpu(server_pid) if server_pid else 0.0
+    pg1 = tree_cpu(postgres_pid)
+    for pipe in pipes:
+        pipe.send("close")
+    for pipe in pipes:
+        pipe.recv()
+    # The next measurement starts once this one's backends are gone (see _task).
+    deadline = time.monotonic() + 10
+    while len(children(postgres_pid)) > backends and time.monotonic() < deadline:
+        time.sleep(0.02)
     events = sum(a["events"] for a in answers)
     latencies = [x for a in answers for x in a["latencies"]]
     client_cpu = sum(a["cpu"] for a in answers)
