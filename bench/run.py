@@ -108,6 +108,13 @@ MDB_PAGE = "SELECT * FROM message_store.get_category_messages(%s, %s, %s)"
 # --- CPU from /proc ---------------------------------------------------------------------------------
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -331,6 +338,7 @@ def measure(clients: Clients, tasks: list[dict[str, Any]], seconds: float, serve
             raise RuntimeError(answer.get("error", answer))
     server0 = tree_cpu(server_pid) if server_pid else 0.0
     pg0 = tree_cpu(postgres_pid)
+    busy0, all0 = machine_cpu()
     began = time.perf_counter()
     for pipe in pipes:
         pipe.send(seconds)
@@ -341,6 +349,7 @@ def measure(clients: Clients, tasks: list[dict[str, Any]], seconds: float, serve
             raise RuntimeError(answer["error"])
     server1 = tree_cpu(server_pid) if server_pid else 0.0
     pg1 = tree_cpu(postgres_pid)
+    busy1, all1 = machine_cpu()
     for pipe in pipes:
         pipe.send("close")
     for pipe in pipes:
@@ -364,6 +373,8 @@ def measure(clients: Clients, tasks: list[dict[str, Any]], seconds: float, serve
         "client_cpu_pct_of_core": 100 * client_cpu / wall,
         # One client process near a full core is the load generator limiting the figure.
         "client_busiest_process_pct": max(100 * a["cpu"] / a["wall"] for a in answers),
+        # All CPUs of the machine, everything on it included: near 100% the cores are the limit.
+        "machine_busy_pct": 100 * (busy1 - busy0) / (all1 - all0) if all1 > all0 else float("nan"),
     }
 
 
@@ -418,6 +429,7 @@ def print_row(system: str, r: dict[str, Any]) -> None:
     print(f"  {system:10}{fmt(r['events_per_s']):>11}{fmt(r['p50_ms'], 2):>9}{fmt(r['p99_ms'], 2):>9}"
           f"{fmt(r['server_us_per_event'], 1):>11}{fmt(r['postgres_us_per_event'], 1):>10}"
           f"{fmt(r['client_us_per_event'], 1):>11}{fmt(r['client_cpu_pct_of_core']):>7}%{r['client_processes']:>4}"
+          f"{fmt(r['machine_busy_pct']):>7}%"
           f"{'  client-bound?' if r['client_busiest_process_pct'] >= CLIENT_BOUND_PCT else ''}", flush=True)
 
 
@@ -504,9 +516,9 @@ def main() -> None:
                   f"(Orisun: {loaded:.1f} s, {prefill / loaded:,.0f} ev/s); {seconds:g} s per measurement; "
                   f"message-db: {report['messagedb']}", flush=True)
             print(f"  {'system':10}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'server':>11}{'postgres':>10}"
-                  f"{'client':>11}{'client':>8}{'procs':>6}")
+                  f"{'client':>11}{'client':>8}{'procs':>6}{'machine':>8}")
             print(f"  {'':10}{'':>11}{'':>9}{'':>9}{'µs/event':>11}{'µs/event':>10}{'µs/event':>11}"
-                  f"{'CPU':>8}")
+                  f"{'CPU':>8}{'':>6}{'busy':>8}")
             run_id = 0
             for workload in workloads:
                 print(f"{workload.title}", flush=True)
