@@ -35,7 +35,10 @@ def install(conninfo: str, workdir: Path) -> tuple[str | None, str]:
     if packed.returncode != 0 or not tarballs:
         return None, f"npm pack {PACKAGE} failed: {(packed.stderr or packed.stdout).strip()[-200:]}"
     with tarfile.open(tarballs[0]) as tar:
-        tar.extractall(workdir, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: no absolute paths or links out of workdir
+            tar.extractall(workdir, filter="data")
+        else:
+            tar.extractall(workdir)  # a known npm package into a fresh temporary directory
     database = workdir / "package" / "database"
     notes = [f"{PACKAGE} via npm pack, database/install.sh"]
     with psycopg.connect(conninfo, autocommit=True) as conn:
