@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,6 +13,7 @@ from orisun.model import (
     Criterion,
     Direction,
     Event,
+    EventRow,
     EventToSave,
     Position,
     Query,
@@ -138,3 +140,37 @@ def event_to_proto(event: Event) -> pb.Event:
         stream_id=event.stream,
         version=event.version,
     )
+
+
+def row_adder(response: pb.GetEventsResponse) -> Callable[[EventRow], tuple[pb.Event, int]]:
+    """An ``encode`` for EventStore.read_page that builds each row's pb.Event in place inside
+    ``response`` (no Event object in between, no copy into the response afterwards) and returns
+    it with the bytes it adds to ``response``. A truncated page encodes one event more than it
+    keeps: cut ``response.events`` to the page's length (``keep_page``)."""
+    add = response.events.add
+
+    def encode(row: EventRow) -> tuple[pb.Event, int]:
+        position, commit, stream, version, event_id, event_type, data, metadata, tags, created_at = row
+        message = add(event_id=event_id, event_type=event_type, data=data, metadata=metadata,
+                      stream_id=stream, version=version)
+        # Filling the submessages in place is cheaper than building them and passing them in.
+        add_tag = message.tags.add
+        for key, value in tags:
+            add_tag(key=key, value=value)
+        cursor = message.position
+        cursor.commit_position = commit
+        cursor.prepare_position = position
+        delta = created_at - _EPOCH
+        moment = message.date_created
+        moment.seconds = delta.days * 86400 + delta.seconds
+        moment.nanos = delta.microseconds * 1000
+        size = message.ByteSize()
+        return message, 1 + _varint_size(size) + size
+
+    return encode
+
+
+def keep_page(response: pb.GetEventsResponse, kept: int) -> None:
+    """Drop the events ``row_adder`` encoded beyond the first ``kept`` (the one that did not fit)."""
+    if len(response.events) > kept:
+        del response.events[kept:]

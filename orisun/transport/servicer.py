@@ -40,9 +40,12 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     async def GetEvents(
         self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEventsResponse:
+        response = pb.GetEventsResponse()
         page = await self._events.read_page(current_user.get(), convert.read_request_from_proto(request),
-                                            encode=convert.event_entry, max_bytes=self._page_bytes)
-        return pb.GetEventsResponse(events=page.items, truncated=page.truncated)
+                                            encode=convert.row_adder(response), max_bytes=self._page_bytes)
+        convert.keep_page(response, len(page.items))
+        response.truncated = page.truncated
+        return response
 
     @translate_errors
     async def SubscribeToEvents(
