@@ -23,8 +23,9 @@ def _rows() -> list[EventRow]:
 def test_rows_convert_as_events_do() -> None:
     response = pb.GetEventsResponse()
     encode = row_adder(response)
-    entries = [encode(row) for row in _rows()]
-    assert list(response.events) == [event_to_proto(event_from_row(row)) for row in _rows()]
+    rows = _rows()
+    entries = [encode(row) for row in rows]
+    assert list(response.events) == [event_to_proto(event_from_row(row)) for row in rows]
     # The sizes add up to the serialized response, lengths' varints included.
     assert sum(size for _, size in entries) == response.ByteSize()
     assert [message for message, _ in entries] == list(response.events)
