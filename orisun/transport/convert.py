@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -174,3 +175,29 @@ def keep_page(response: pb.GetEventsResponse, kept: int) -> None:
     """Drop the events ``row_adder`` encoded beyond the first ``kept`` (the one that did not fit)."""
     if len(response.events) > kept:
         del response.events[kept:]
+
+
+class EncodedEvents:
+    """The serialized pb.Event of recently sent events, by (boundary, position): an event that
+    many subscribers receive is converted and serialised once, not once per subscriber. A
+    stored event never changes, so an entry never goes stale; the oldest entries go once the
+    cache holds more than ``max_bytes``. The streaming handlers yield these bytes as they are
+    (see auth's ``passing_bytes``)."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+
+    def encode(self, boundary: str, event: Event) -> bytes:
+        key = (boundary, event.position.prepare)
+        data = self._entries.get(key)
+        if data is None:
+            data = event_to_proto(event).SerializeToString()
+            if len(data) <= self._max_bytes // 4:  # a huge event would evict everything else
+                self._entries[key] = data
+                self._bytes += len(data)
+                while self._bytes > self._max_bytes:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._bytes -= len(dropped)
+        return data
