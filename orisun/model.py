@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -112,10 +113,10 @@ class Event:
 
 
 # A stored event as storage reads it, before any object is made of it: (position,
-# commit_position, stream, version, event_id, event_type, data, metadata, tags as [key, value]
-# pairs, created_at). A page read only to be sent on is converted straight from these rows: an
+# commit_position, stream, version, event_id, event_type, data, metadata, tags as the JSON text of
+# [[key, value], ...], created_at). A page read only to be sent on is converted straight from these rows: an
 # Event (with its Position and Tags) per row cost more server CPU than fetching the row.
-EventRow = tuple[int, int, str, int, str, str, str, str, list[list[str]], datetime]
+EventRow = tuple[int, int, str, int, str, str, str, str, str, datetime]
 
 
 def event_from_row(row: EventRow) -> Event:
@@ -125,7 +126,7 @@ def event_from_row(row: EventRow) -> Event:
         event_type=event_type,
         data=data,
         metadata=metadata,
-        tags=tuple(Tag(key, value) for key, value in tags),
+        tags=tuple(Tag(key, value) for key, value in json.loads(tags)),
         position=Position(commit, position),
         created_at=created_at,
         stream=stream,

@@ -15,7 +15,8 @@ def _rows() -> list[EventRow]:
     moment = datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=UTC)
     return [
         (n + 1, n + 3, f"stream-{n}", n, str(uuid.uuid4()), "Thing", json.dumps({"pad": "p" * size}),
-         "" if n % 2 else '{"m": 1}', [["k", "v"], ["n", str(n)]][: n % 3], moment + timedelta(microseconds=n))
+         "" if n % 2 else '{"m": 1}', json.dumps([["k", "v"], ["n", str(n)]][: n % 3]),
+         moment + timedelta(microseconds=n))
         for n, size in enumerate((0, 1, 90, 127, 128, 16_000, 16_400, 300_000))
     ]
 

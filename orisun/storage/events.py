@@ -31,10 +31,11 @@ from orisun.model import (
 from orisun.storage._errors import translate_errors
 from orisun.storage.database import Database
 
-# In EventRow's order.
+# In EventRow's order. The tags as JSON text: psycopg's jsonb loader cost ~1.6 us more per row
+# than json.loads on the text (measured on 1,000-row pages).
 _COLUMNS = sql.SQL(
     "e.position, e.commit_position, e.stream_name, e.stream_version, e.event_id::text, e.event_type, "
-    "e.data, e.metadata, e.tags, e.created_at"
+    "e.data, e.metadata, e.tags::text, e.created_at"
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -156,7 +157,7 @@ def row_adder(response: pb.GetEventsResponse) -> Callable[[EventRow], tuple[pb.E
                       stream_id=stream, version=version)
         # Filling the submessages in place is cheaper than building them and passing them in.
         add_tag = message.tags.add
-        for key, value in tags:
+        for key, value in json.loads(tags):
             add_tag(key=key, value=value)
         cursor = message.position
         cursor.commit_position = commit
