@@ -92,7 +92,29 @@ def _spawn_options(user: str | None) -> dict[str, Any]:
             options.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
     if _LIBC is not None:
         options["preexec_fn"] = _pdeathsig_preexec(os.getpid())
+    if os.name == "posix" and not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        return _in_preexec(options)
     return options
+
+
+def _in_preexec(options: dict[str, Any]) -> dict[str, Any]:
+    """The same options for an event loop whose subprocess_exec knows only ``preexec_fn`` (uvloop,
+    which the orisun command uses where installed): the process group and the switch to the
+    unprivileged user done in the child, in _posixsubprocess's order (setpgid, setgroups, setgid,
+    setuid), the original preexec_fn last, so that pdeath_signal survives the credential change."""
+    uid, gid = options.get("user"), options.get("group")
+    then = options.get("preexec_fn")
+
+    def preexec() -> None:
+        os.setpgid(0, 0)
+        if uid is not None and gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        if then is not None:
+            then()
+
+    return {"preexec_fn": preexec}
 
 
 def check_port(host: str, port: int, *, port_variable: str, host_variable: str | None = None) -> int:

@@ -218,18 +218,26 @@ async def main():
     print(child.pid, flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main())
+if sys.argv[3] == "uvloop":
+    import uvloop
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+else:
+    asyncio.run(main())
 """
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 @pytest.mark.parametrize("user", [None, "nobody"])
-def test_child_dies_when_its_parent_is_sigkilled(user: str | None) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # the orisun command runs on uvloop where installed
+def test_child_dies_when_its_parent_is_sigkilled(user: str | None, loop: str) -> None:
     if user is not None and os.geteuid() != 0:
         pytest.skip("switching user needs root")
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, SLEEP, user or ""],
+        [sys.executable, "-c", PARENT, SLEEP, user or "", loop],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         text=True,
@@ -242,6 +250,7 @@ def test_child_dies_when_its_parent_is_sigkilled(user: str | None) -> None:
             # The uid switch happened and root's supplementary groups are gone.
             assert "Uid:\t65534\t65534\t65534\t65534" in status
             assert "Groups:\t\n" in status or "Groups:\t \n" in status
+        assert os.getpgid(child) == child  # its own process group: a terminal's Ctrl-C is Orisun's to pass on
         assert not gone(child)
     finally:
         parent.kill()

@@ -70,7 +70,7 @@ BOUNDARY_NAMES = [
     "payments",  # the brief's example
     "sub_roundtrip", "sub_queries", "sub_cursors", "sub_handover", "sub_slow",
     "sub_names", "sub_names_other", "sub_rpc_names", "sub_nodes", "sub_nodes_other", "sub_release",
-    "sub_anonymous", "sub_errors", "sub_reader",
+    "sub_anonymous", "sub_errors", "sub_reader", "sub_encode_once",
 ]
 BOUNDARIES = {"orisun_admin": "orisun_admin", **{name: name for name in BOUNDARY_NAMES}}
 
@@ -757,6 +757,34 @@ def test_empty_name_means_no_exclusivity(stub: pb_grpc.EventStoreStub, subscribe
     for subscription in anonymous:
         subscription.wait_for_position(last)
         assert subscription.positions() == [1, 2, 3]
+
+
+def test_a_live_event_is_encoded_once_for_all_its_subscribers(
+    stub: pb_grpc.EventStoreStub, subscribe: Callable[..., Subscription], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #13: an event is serialised once however many subscribers receive it."""
+    from orisun.transport import convert
+
+    encoded: list[str] = []
+    original = convert.event_to_proto
+
+    def counting(event: Any) -> pb.Event:
+        encoded.append(event.event_id)
+        return original(event)
+
+    monkeypatch.setattr(convert, "event_to_proto", counting)
+    boundary = "sub_encode_once"
+    first = save(stub, boundary, "s", [ev()]).log_position.prepare_position
+    subscriptions = [subscribe(boundary, rpc=RPCS[n % 2]) for n in range(4)]
+    for subscription in subscriptions:
+        subscription.wait_for_position(first)
+    live = ev()
+    last = save(stub, boundary, "s", [live]).log_position.prepare_position
+    for subscription in subscriptions:
+        subscription.wait_for_position(last)
+        assert subscription.positions() == [first, last]
+        assert subscription.events[-1].event_id == live.event_id
+    assert encoded.count(live.event_id) == 1, encoded
 
 
 # --- Errors and auth ----------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from orisun.errors import PermissionDenied, quoted
-from orisun.model import Event, ReadRequest, SaveRequest, User, WriteResult
+from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult, row_position
 from orisun.service import validation
 from orisun.storage.database import Database
-from orisun.storage.events import read_events
+from orisun.storage.events import read_events, read_rows
 from orisun.storage.writer import BoundaryWriter
 
 T = TypeVar("T")
@@ -66,10 +66,12 @@ class EventStore:
         return await read_events(self._db, schema, request)
 
     async def read_page(
-        self, user: User, request: ReadRequest, *, encode: Callable[[Event], tuple[T, int]], max_bytes: int
+        self, user: User, request: ReadRequest, *, encode: Callable[[EventRow], tuple[T, int]], max_bytes: int
     ) -> Page[T]:
         """At most ``request.count`` events, encoded, of at most ``max_bytes`` together (by the
-        sizes ``encode`` returns), except that a page always holds its first event.
+        sizes ``encode`` returns), except that a page always holds its first event. ``encode``
+        gets each event as a row (EventRow): a page is converted without an Event per row. It is
+        called once more for the event that did not fit, when a page is truncated.
 
         The page is read in chunks, each continuing after the last event read. That is the same
         page one statement would read: positions are assigned in commit order, so whatever was
@@ -84,7 +86,7 @@ class EventStore:
         chunk = min(count, FIRST_CHUNK)
         part = dataclasses.replace(request, count=chunk)
         while True:
-            events = await read_events(self._db, schema, part)
+            events = await read_rows(self._db, schema, part)
             for event in events:
                 item, size = encode(event)
                 if items and used + size > max_bytes:
@@ -95,7 +97,7 @@ class EventStore:
                 return Page(items, truncated=False)
             average = used / len(items)
             chunk = min(count - len(items), MAX_CHUNK, int((max_bytes - used) / average) + 1)
-            part = dataclasses.replace(request, after=events[-1].position, count=max(1, chunk))
+            part = dataclasses.replace(request, after=row_position(events[-1]), count=max(1, chunk))
 
     async def close(self) -> None:
         await asyncio.gather(*(writer.close() for writer in self._writers.values()))

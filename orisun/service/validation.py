@@ -73,12 +73,19 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+# Syntax only: numbers stay text, so no integer-size limit and no float rounding matters. One
+# decoder for every check: json.loads with these arguments builds a new one per call, which was
+# ~1.3 us of the ~2 us a small event's check took.
+_SYNTAX = json.JSONDecoder(parse_constant=_reject_constant, parse_int=str, parse_float=str)
+
+
 def _json(field: str, value: str) -> None:
     if "\x00" in value:
         _fail(field, "must not contain NUL characters")
     try:
-        # Syntax only: numbers stay text, so no integer-size limit and no float rounding matters.
-        json.loads(value, parse_constant=_reject_constant, parse_int=str, parse_float=str)
+        if value.startswith("\ufeff"):
+            json.loads(value)  # json's own message for a byte order mark, which decode() does not check
+        _SYNTAX.decode(value)
     except ValueError as exc:
         _fail(field, f"must be JSON text ({exc})")
     except RecursionError:

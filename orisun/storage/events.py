@@ -10,8 +10,9 @@ Within a stream, version order is position order, so every shape returns global 
 
 from __future__ import annotations
 
+from typing import cast
+
 from psycopg import sql
-from psycopg.rows import TupleRow
 
 from orisun.model import (
     EVENT_TYPE_TAG,
@@ -19,18 +20,22 @@ from orisun.model import (
     Criterion,
     Direction,
     Event,
+    EventRow,
     Position,
     Query,
     ReadRequest,
     Tag,
+    event_from_row,
     narrowing,
 )
 from orisun.storage._errors import translate_errors
 from orisun.storage.database import Database
 
+# In EventRow's order. The tags as JSON text: psycopg's jsonb loader cost ~1.6 us more per row
+# than json.loads on the text (measured on 1,000-row pages).
 _COLUMNS = sql.SQL(
     "e.position, e.commit_position, e.stream_name, e.stream_version, e.event_id::text, e.event_type, "
-    "e.data, e.metadata, e.tags, e.created_at"
+    "e.data, e.metadata, e.tags::text, e.created_at"
 )
 
 
@@ -128,27 +133,17 @@ def build_read(schema: str, request: ReadRequest) -> sql.Composed:
     )
 
 
-def _event(row: TupleRow) -> Event:
-    position, commit, stream, version, event_id, event_type, data, metadata, tags, created_at = row
-    return Event(
-        event_id=event_id,
-        event_type=event_type,
-        data=data,
-        metadata=metadata,
-        tags=tuple(Tag(key, value) for key, value in tags),
-        position=Position(commit, position),
-        created_at=created_at,
-        stream=stream,
-        version=version,
-    )
-
-
-async def read_events(db: Database, schema: str, request: ReadRequest) -> list[Event]:
+async def read_rows(db: Database, schema: str, request: ReadRequest) -> list[EventRow]:
+    """The events of a GetEvents call as plain rows (see EventRow)."""
     statement = build_read(schema, request)
     with translate_errors(f"reading boundary {request.boundary!r}"):
         async with db.pool.connection() as conn:
             cursor = await conn.execute(statement)
-            return [_event(row) for row in await cursor.fetchall()]
+            return cast(list[EventRow], await cursor.fetchall())
+
+
+async def read_events(db: Database, schema: str, request: ReadRequest) -> list[Event]:
+    return [event_from_row(row) for row in await read_rows(db, schema, request)]
 
 
 # --- Subscriptions and the live feed -------------------------------------------------------------
@@ -192,7 +187,7 @@ async def read_range(
     with translate_errors(f"reading boundary schema {schema}"):
         async with db.pool.connection() as conn:
             cursor = await conn.execute(build_range(schema, after, upto, query, limit))
-            events = [_event(row) for row in await cursor.fetchall()]
+            events = [event_from_row(cast(EventRow, row)) for row in await cursor.fetchall()]
     through = events[-1].position.prepare if len(events) == limit else range_end(after, upto, query, limit)
     return events, through
 

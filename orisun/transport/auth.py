@@ -278,7 +278,8 @@ class _Call:
         wrapped = self._generator if inspect.isasyncgenfunction(self._behavior) else self._coroutine
         factory = getattr(grpc, f"{self._kind}_rpc_method_handler")
         # No deserializer: gRPC hands over the raw bytes and _decode runs once the caller is known.
-        return factory(wrapped, request_deserializer=None, response_serializer=self._handler.response_serializer)
+        return factory(wrapped, request_deserializer=None,
+                       response_serializer=passing_bytes(self._handler.response_serializer))
 
     async def _decode(self, raw: Any, context: grpc.aio.ServicerContext) -> Any:
         if self._deserializer is None:
@@ -366,6 +367,18 @@ class _Call:
             return await _result(self._behavior(request, inner_context))
         finally:
             gate.leave()
+
+
+def passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, except that a response already serialized (bytes) is sent as it is: a
+    subscription's events are serialised once for all their subscribers (convert.EncodedEvents)."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if type(message) is bytes else serializer(message)
+
+    return serialize
 
 
 async def _result(value: Any) -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,6 +15,7 @@ from orisun.model import (
     Criterion,
     Direction,
     Event,
+    EventRow,
     EventToSave,
     Position,
     Query,
@@ -138,3 +142,63 @@ def event_to_proto(event: Event) -> pb.Event:
         stream_id=event.stream,
         version=event.version,
     )
+
+
+def row_adder(response: pb.GetEventsResponse) -> Callable[[EventRow], tuple[pb.Event, int]]:
+    """An ``encode`` for EventStore.read_page that builds each row's pb.Event in place inside
+    ``response`` (no Event object in between, no copy into the response afterwards) and returns
+    it with the bytes it adds to ``response``. A truncated page encodes one event more than it
+    keeps: cut ``response.events`` to the page's length (``keep_page``)."""
+    add = response.events.add
+
+    def encode(row: EventRow) -> tuple[pb.Event, int]:
+        position, commit, stream, version, event_id, event_type, data, metadata, tags, created_at = row
+        message = add(event_id=event_id, event_type=event_type, data=data, metadata=metadata,
+                      stream_id=stream, version=version)
+        # Filling the submessages in place is cheaper than building them and passing them in.
+        add_tag = message.tags.add
+        for key, value in json.loads(tags):
+            add_tag(key=key, value=value)
+        cursor = message.position
+        cursor.commit_position = commit
+        cursor.prepare_position = position
+        delta = created_at - _EPOCH
+        moment = message.date_created
+        moment.seconds = delta.days * 86400 + delta.seconds
+        moment.nanos = delta.microseconds * 1000
+        size = message.ByteSize()
+        return message, 1 + _varint_size(size) + size
+
+    return encode
+
+
+def keep_page(response: pb.GetEventsResponse, kept: int) -> None:
+    """Drop the events ``row_adder`` encoded beyond the first ``kept`` (the one that did not fit)."""
+    if len(response.events) > kept:
+        del response.events[kept:]
+
+
+class EncodedEvents:
+    """The serialized pb.Event of recently sent events, by (boundary, position): an event that
+    many subscribers receive is converted and serialised once, not once per subscriber. A
+    stored event never changes, so an entry never goes stale; the oldest entries go once the
+    cache holds more than ``max_bytes``. The streaming handlers yield these bytes as they are
+    (see auth's ``passing_bytes``)."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+
+    def encode(self, boundary: str, event: Event) -> bytes:
+        key = (boundary, event.position.prepare)
+        data = self._entries.get(key)
+        if data is None:
+            data = event_to_proto(event).SerializeToString()
+            if len(data) <= self._max_bytes // 4:  # a huge event would evict everything else
+                self._entries[key] = data
+                self._bytes += len(data)
+                while self._bytes > self._max_bytes:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._bytes -= len(dropped)
+        return data

@@ -30,6 +30,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._page_bytes = page_bytes  # the most a GetEvents page holds, unless its one event is larger
         self._subscriptions = subscriptions
         self._pubsub = pubsub
+        self._encoded = convert.EncodedEvents()
 
     @translate_errors
     async def SaveEvents(self, request: pb.SaveEventsRequest, context: grpc.aio.ServicerContext) -> pb.WriteResult:
@@ -40,25 +41,30 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     async def GetEvents(
         self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEventsResponse:
+        response = pb.GetEventsResponse()
         page = await self._events.read_page(current_user.get(), convert.read_request_from_proto(request),
-                                            encode=convert.event_entry, max_bytes=self._page_bytes)
-        return pb.GetEventsResponse(events=page.items, truncated=page.truncated)
+                                            encode=convert.row_adder(response), max_bytes=self._page_bytes)
+        convert.keep_page(response, len(page.items))
+        response.truncated = page.truncated
+        return response
 
     @translate_errors
     async def SubscribeToEvents(
         self, request: pb.CatchUpSubscribeToEventStoreRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.Event]:
+    ) -> AsyncIterator[bytes]:
         boundary, after, query, name = convert.subscription_from_proto(request)
         events = self._subscriptions.subscribe(current_user.get(), boundary, after, query, name)
+        encode = self._encoded.encode
         # aclosing: a client that goes away must free its subscriber_name now, not at GC.
         async with contextlib.aclosing(events):
             async for event in events:
-                yield convert.event_to_proto(event)
+                # Serialized pb.Event, shared by every subscriber of the event (sent as they are).
+                yield encode(boundary, event)
 
     @translate_errors
     async def CatchUpSubscribeToEvents(
         self, request: pb.CatchUpSubscribeToEventStoreRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.Event]:
+    ) -> AsyncIterator[bytes]:
         # The brief's older name for SubscribeToEvents: the same behaviour.
         async for event in self.SubscribeToEvents(request, context):
             yield event
