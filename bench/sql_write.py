@@ -94,7 +94,8 @@ def main() -> None:
 
         loop.run_until_complete(setup())
         with psycopg.connect(postgres.conninfo, autocommit=True) as conn:
-            version, jit = conn.execute("SELECT current_setting('server_version'), pg_jit_available()").fetchone() or ("", "")
+            row = conn.execute("SELECT current_setting('server_version'), pg_jit_available()").fetchone()
+            version, jit = row or ("", "")
             pid = int((conn.execute("SELECT pg_backend_pid()").fetchone() or (0,))[0])
             print(f"PostgreSQL {version}, JIT available: {jit}, jit = {conn.execute('SHOW jit').fetchone()}")
             results: dict[str, float] = {}
