@@ -46,6 +46,11 @@
 -- estimates of unnest, generate_series and jsonb_array_elements give some of them an estimated
 -- cost above jit_above_cost, and JIT compilation (where PostgreSQL has it, Debian's does) then
 -- costs milliseconds at every call.
+--
+-- SET plan_cache_mode = force_generic_plan: planned once per session rather than at every call
+-- with the arrays as constants (see store_events). Every statement here reads tables only
+-- through primary keys and unique indexes, so a plan made while the tables were small stays
+-- good as they grow (tests/test_concurrency.py's test_small_appends_on_a_large_table).
 CREATE OR REPLACE FUNCTION append_events(
     p_streams  text[],
     p_expected integer[],
@@ -61,6 +66,7 @@ CREATE OR REPLACE FUNCTION append_events(
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_head     bigint;

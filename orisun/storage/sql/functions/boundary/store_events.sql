@@ -18,8 +18,13 @@
 -- planned on every call (~1 ms). SET jit = off: the default row estimates of set-returning
 -- functions (generate_series: 1,000; jsonb_array_elements: 100) can put a statement above
 -- jit_above_cost, and JIT compilation (Debian's PostgreSQL has it on) then costs milliseconds at
--- every call. plan_cache_mode stays at its default: force_generic_plan made concurrent groups
--- mixing big and small writes about ten times slower (see migration 0011).
+-- every call.
+-- SET plan_cache_mode = force_generic_plan: with the arrays as constants (custom plans, the
+-- default here, since they look cheaper) every statement was planned again at every call, ~15%
+-- of PostgreSQL's CPU for a 1-event group. The generic plans are linear whatever the group's
+-- size: a hash or merge join of two function scans, then inserts. (Migration 0011 tried this
+-- on the subscript form of this function, and concurrent mixed groups became ten times slower;
+-- tests/test_failures.py's shutdown test is the canary and stays as fast as before.)
 CREATE OR REPLACE FUNCTION store_events(
     w_offset   integer[],
     w_count    integer[],
@@ -35,6 +40,7 @@ CREATE OR REPLACE FUNCTION store_events(
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     WITH accepted AS (
