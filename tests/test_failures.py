@@ -360,7 +360,7 @@ def test_graceful_shutdown_finishes_in_flight_writes(
     """Big writes in flight when the server stops still commit and are acknowledged; every
     acknowledged write is in PostgreSQL; no write is stored whose client got an error."""
     server = start_server(boundaries=BOUNDARIES, shutdown_timeout=10.0)
-    big = 6000  # ~0.6-1.5 s each: a big write is unanswered for over 0.5 s during most of its life
+    big = 10_000  # the most a request may hold: a big write is unanswered for over 0.5 s during most of its life
 
     def big_writes_running(log: list[Write]) -> list[Write]:
         """Big writes sent over 0.5 s ago and unanswered: surely being handled by the server.

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import psycopg
 from loguru import logger
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from orisun.errors import NotFound, StartupError
@@ -21,6 +22,19 @@ def describe(conninfo: str) -> str:
     """host:port/dbname of a conninfo, without the password, for logs and messages."""
     params = conninfo_to_dict(conninfo)
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+
+async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    """Session settings of every pool connection, once when it is made.
+
+    jit = off: where PostgreSQL has JIT (Debian's packages do, and turn it on), a statement whose
+    *estimated* cost passes jit_above_cost is compiled at every execution, milliseconds each time;
+    the row estimates of set-returning functions make small statements look that costly. The
+    write functions also say ``SET jit = off``; this covers reads and whatever the operator's
+    server setting. A SET, not the ``options`` connection parameter, so that an operator's own
+    PGOPTIONS still applies.
+    """
+    await conn.execute("SET jit = off")
 
 
 class Database:
@@ -46,6 +60,7 @@ class Database:
             # Bounds the reconnect backoff: after an outage the next attempt is never minutes
             # away (a failed reconnect run ends, and the next request starts a fresh one).
             reconnect_timeout=POOL_RECONNECT,
+            configure=_configure,
         )
 
     async def open(self, within: float) -> None:

@@ -1,9 +1,21 @@
-"""Versioned schema migrations, one object per ``.sql`` file under ``orisun/storage/sql``.
+"""Versioned schema migrations, then the SQL functions, from ``.sql`` files under ``orisun/storage/sql``.
 
 ``sql/boundary/`` is applied to every boundary's schema, ``sql/admin/`` to the admin boundary's
 schema as well. Files are named ``NNNN_what.sql`` and applied in order; each schema records what
-it has in its own ``orisun_migrations`` table. The files name no schema: they run with
-``search_path`` set to the target schema, so one file serves every boundary.
+it has in its own ``orisun_migrations`` table. Tables, indexes and triggers live there, as history.
+The files name no schema: they run with ``search_path`` set to the target schema, so one file
+serves every boundary.
+
+Functions are code, not history: ``sql/functions/boundary/NAME.sql`` (and ``.../admin/``) holds
+the current ``CREATE OR REPLACE FUNCTION NAME`` and is applied at every start, after the
+migrations, in the same transaction, so a change to a function is a diff of its file (as
+message-db installs its functions). Older migrations that created a function stay as they were
+(a fresh database replays them, and a trigger's migration needs its function to exist); the file
+then replaces it. ``CREATE OR REPLACE`` cannot change a function's arguments or return type: such
+a change needs a numbered migration that drops the old function (``DROP FUNCTION IF EXISTS
+name(old argument types)``, and any trigger on it), which runs before the file creates the new
+one. Without it, other arguments would add an overload beside the old function (a test checks
+every function in a schema comes from a file), and another return type fails the start.
 
 Safe when several Orisun nodes start at once against one database: each schema is migrated in
 one transaction holding a transaction-scoped advisory lock for that schema, so a second node
@@ -24,6 +36,7 @@ from orisun.errors import StartupError
 from orisun.storage.database import Database
 
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+_FUNCTION_FILE_NAME = re.compile(r"([a-z0-9_]+)\.sql")
 BOUNDARY = "boundary"
 ADMIN = "admin"
 
@@ -51,23 +64,47 @@ def load_migrations(kind: str) -> list[Migration]:
     return migrations
 
 
+@dataclass(frozen=True)
+class Function:
+    kind: str  # "boundary" or "admin"
+    name: str  # the function's name, which is the file's name
+    sql: str
+
+
+def load_functions(kind: str) -> list[Function]:
+    """The function files of one kind, by name (the order does not matter: PL/pgSQL bodies are
+    checked when first run, and a SQL-language body only names tables, which migrations made)."""
+    folder = resources.files("orisun.storage").joinpath("sql", "functions", kind)
+    functions = []
+    for entry in folder.iterdir():
+        match = _FUNCTION_FILE_NAME.fullmatch(entry.name)
+        if match is not None:
+            functions.append(Function(kind, match[1], entry.read_text(encoding="utf-8")))
+    return sorted(functions, key=lambda f: f.name)
+
+
 async def migrate(db: Database, admin_boundary: str) -> dict[str, list[str]]:
     """Create every boundary's schema if missing and bring it up to date.
 
     Returns, per schema, the names of the migrations this call applied (empty when up to date).
     """
     kinds = {BOUNDARY: load_migrations(BOUNDARY), ADMIN: load_migrations(ADMIN)}
+    functions = {BOUNDARY: load_functions(BOUNDARY), ADMIN: load_functions(ADMIN)}
     applied: dict[str, list[str]] = {}
     for boundary, schema in db.boundaries.items():
         wanted = [BOUNDARY, ADMIN] if boundary == admin_boundary else [BOUNDARY]
         try:
-            applied[schema] = await _migrate_schema(db, schema, {k: kinds[k] for k in wanted})
+            applied[schema] = await _migrate_schema(
+                db, schema, {k: kinds[k] for k in wanted}, [f for k in wanted for f in functions[k]]
+            )
         except psycopg.Error as exc:
             raise StartupError(f"cannot migrate schema {schema!r} of boundary {boundary!r}: {exc}") from exc
     return applied
 
 
-async def _migrate_schema(db: Database, schema: str, kinds: dict[str, list[Migration]]) -> list[str]:
+async def _migrate_schema(
+    db: Database, schema: str, kinds: dict[str, list[Migration]], functions: list[Function]
+) -> list[str]:
     applied: list[str] = []
     async with db.pool.connection() as conn, conn.transaction():
         # One lock per schema, released at commit; hashtextextended gives a stable bigint key.
@@ -103,6 +140,18 @@ async def _migrate_schema(db: Database, schema: str, kinds: dict[str, list[Migra
                     (kind, migration.version, migration.name),
                 )
                 applied.append(f"{kind}/{migration.version:04d}_{migration.name}")
+        # Every start, also when no migration was due: an upgraded Orisun brings new function
+        # bodies without a new migration. Under the same lock, so racing nodes replace them one
+        # after the other (concurrent CREATE OR REPLACE of one function can fail with "tuple
+        # concurrently updated"); sessions running the old body replan at their next call.
+        for function in functions:
+            try:
+                await conn.execute(function.sql.encode())
+            except psycopg.Error as exc:
+                raise StartupError(
+                    f"cannot apply sql/functions/{function.kind}/{function.name}.sql to schema {schema!r}: {exc} "
+                    "(a changed signature needs a migration that drops the old function)"
+                ) from exc
     if applied:
         logger.info("Schema {} migrated: {}", schema, ", ".join(applied))
     return applied
