@@ -142,8 +142,7 @@ def test_an_already_migrated_database_gets_the_functions_of_the_files(database: 
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
                 conn.execute(old["store_events"].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION").encode())
-                conn.execute(old["store_events_plans"].encode())
-                conn.execute(old["exact_retry"].encode())
+                conn.execute(old["append_events"].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION").encode())
             # And mark every function, to see each one replaced (CREATE OR REPLACE resets settings).
             for signature in _functions(database, schema):
                 conn.execute(sql.SQL("ALTER FUNCTION {}.{} SET application_name = 'stale'").format(

@@ -21,7 +21,7 @@
 -- per request. Only checks that must see earlier events of the same group in the tables (a
 -- reused id, a subsetQuery on a stream the group already wrote) store those events first.
 --
--- Exact retries (contract section 3; migration 0010 introduced the rule):
+-- Exact retries (contract section 3; issue #12 made the rule exact):
 -- A request is a retry only if its events are exactly the events of ONE stored write: the
 -- same ids in the same order, no more and no fewer (a part of a write is not a retry, nor are
 -- two writes together), in the same stream, each with the same event_type, data, metadata and

@@ -22,8 +22,8 @@
 -- SET plan_cache_mode = force_generic_plan: with the arrays as constants (custom plans, the
 -- default here, since they look cheaper) every statement was planned again at every call, ~15%
 -- of PostgreSQL's CPU for a 1-event group. The generic plans are linear whatever the group's
--- size: a hash or merge join of two function scans, then inserts. (Migration 0011 tried this
--- on the subscript form of this function, and concurrent mixed groups became ten times slower;
+-- size: a hash or merge join of two function scans, then inserts. (Tried earlier on the
+-- subscript form of this function, concurrent mixed groups became ten times slower;
 -- tests/test_failures.py's shutdown test is the canary and stays as fast as before.)
 -- SET enable_hashagg = off: the generic plan's row estimates are the defaults of set-returning
 -- functions (thousands of rows), and a hash aggregate for the tags' UNION sized its table for
