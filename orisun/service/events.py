@@ -57,10 +57,15 @@ class EventStore:
         validation.check_save(request, max_event_bytes=self._max_event_bytes)
         return await self._writer(schema).append(request)
 
-    async def read(self, user: User, request: ReadRequest) -> list[Event]:
+    def _read_schema(self, request: ReadRequest) -> str:
+        """The schema a read goes to, once the request is valid (every read checks the same)."""
         validation.check_boundary(request.boundary)
         schema = self._db.schema(request.boundary)
         validation.check_read(request)
+        return schema
+
+    async def read(self, user: User, request: ReadRequest) -> list[Event]:
+        schema = self._read_schema(request)
         if request.count == 0:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
         return await read_events(self._db, schema, request)
@@ -77,9 +82,7 @@ class EventStore:
         page one statement would read: positions are assigned in commit order, so whatever was
         committed in between comes after every event already read (ASC) or above the cursor (DESC).
         """
-        validation.check_boundary(request.boundary)
-        schema = self._db.schema(request.boundary)
-        validation.check_read(request)
+        schema = self._read_schema(request)
         count = request.count or validation.DEFAULT_COUNT
         items: list[T] = []
         used = 0
