@@ -3,6 +3,7 @@ the throttling of failed logins shared with the dashboard, and the end of a remo
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import statistics
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.model import Role
+from orisun.service.users import hash_password
 from orisun.transport.auth import client_address
 from tests.support import ADMIN, ServerThread, StreamReader, auth_metadata, grpcurl, wait_for
 from tests.test_dashboard_http import Client
@@ -378,3 +380,54 @@ def test_a_stream_survives_changes_that_keep_its_credentials(server: ServerThrea
 )
 def test_the_throttle_counts_grpc_clients_by_address_without_the_port(peer: str, address: str) -> None:
     assert client_address(peer) == address
+
+
+# --- The cost of a signed-in call (issue #13) ------------------------------------------------------
+
+
+def test_a_signed_in_caller_pays_no_hash_per_call(server: ServerThread) -> None:
+    """Once verified, a caller's credentials are recognised by one lookup: the HMAC of the
+    password (let alone argon2) is not computed again on every call."""
+    users = server.app.users
+    assert users is not None
+    assert _get_events(server, auth_metadata()) == PASSED_AUTH  # verified and cached
+    digests: list[str] = []
+    original = users._digest
+
+    def counting(username: str, password: str) -> bytes:
+        digests.append(username)
+        return original(username, password)
+
+    users._digest = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(5):
+            assert _get_events(server, auth_metadata()) == PASSED_AUTH
+    finally:
+        del users._digest
+    assert digests == []
+
+
+def test_the_same_credentials_written_differently_pass_and_wrong_ones_stay_refused(server: ServerThread) -> None:
+    """The cache of verified credentials is keyed on the header as sent: another spelling of the
+    same credentials is verified (and then passes), a wrong password never rides on a cached one."""
+    token = base64.b64encode(b"admin:changeit").decode()
+    for header in (f"Basic {token}", f"basic {token}", f"BASIC  {token} "):
+        for _ in range(2):
+            assert _get_events(server, [("authorization", header)]) == PASSED_AUTH, header
+    for _ in range(2):
+        assert _get_events(server, auth_metadata("admin", "changeit-not")) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_password_changed_behind_the_cache_refuses_the_old_one(server: ServerThread) -> None:
+    """A password changed where this node did not see it yet (another node, by hand: the change
+    notification is still on its way) and then used here: from then on the old one is refused,
+    even by a caller whose old credentials were cached."""
+    users = server.app.users
+    assert users is not None
+    server.call(users.create("Op", "op", "old-pass", [Role.OPERATIONS]))
+    for _ in range(2):
+        assert _get_events(server, auth_metadata("op", "old-pass")) == PASSED_AUTH
+    server.call(users._store.set_password("op", hash_password("new-pass")))  # no forget() here
+    assert _get_events(server, auth_metadata("op", "new-pass")) == PASSED_AUTH
+    for _ in range(2):
+        assert _get_events(server, auth_metadata("op", "old-pass")) == grpc.StatusCode.UNAUTHENTICATED

@@ -240,6 +240,7 @@ class EchoServer:
         self._orisun = orisun
         self.server: Any = None
         self.port = 0
+        self.lookups: list[str] = []  # the methods gRPC asked the service's handlers for
 
     async def start(self) -> None:
         assert self._orisun.app.users is not None
@@ -277,7 +278,15 @@ class EchoServer:
             "StreamStream": grpc.stream_stream_rpc_method_handler(stream_stream, **codec),
             "ReadUnary": grpc.stream_unary_rpc_method_handler(read_unary, **codec),
         }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(self.SERVICE, handlers),))
+        generic = grpc.method_handlers_generic_handler(self.SERVICE, handlers)
+        echo = self
+
+        class Counting(grpc.GenericRpcHandler):  # type: ignore[misc]
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+                echo.lookups.append(details.method)
+                return generic.service(details)
+
+        self.server.add_generic_rpc_handlers((Counting(),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
 
@@ -322,6 +331,23 @@ def test_every_kind_of_handler_decodes_after_authenticating(
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "data is not valid UTF-8" in (raised.value.details() or "")
     assert_quiet(logs.snapshot())
+
+
+def test_each_method_is_resolved_once_not_per_call(echo: EchoServer) -> None:
+    """Issue #13: the interceptor wraps a method's handler once; later calls reuse it (a call
+    costs no handler lookup and no new handler)."""
+    good = pb.PublishRequest(subject="a.b", data="{}").SerializeToString()
+    with grpc.insecure_channel(f"127.0.0.1:{echo.port}") as channel:
+        for name, client_streaming, server_streaming in KINDS:
+            for _ in range(3):
+                code, details = call_raw(channel, f"/{EchoServer.SERVICE}/{name}", client_streaming,
+                                         server_streaming, good, auth_metadata())
+                assert code == grpc.StatusCode.OK, (code, details)
+        for _ in range(3):  # an unknown method is not cached: each call asks again
+            code, _ = call_raw(channel, f"/{EchoServer.SERVICE}/Nothing", False, False, good, auth_metadata())
+            assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert sorted(echo.lookups) == sorted([f"/{EchoServer.SERVICE}/{name}" for name, _, _ in KINDS]
+                                          + [f"/{EchoServer.SERVICE}/Nothing"] * 3)
 
 
 # --- The explanation on its own -----------------------------------------------------------------

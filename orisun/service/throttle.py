@@ -80,6 +80,8 @@ class LoginThrottle:
 
     def pair_wait(self, username: str, address: str) -> float:
         """Seconds before ``username`` may use verified credentials from ``address`` again (0: now)."""
+        if not self._failures:  # the usual case, checked on every call of a signed-in client
+            return 0.0
         return self._wait(self._pair(username, address), time.monotonic())
 
     def failed(self, username: str, address: str) -> None:

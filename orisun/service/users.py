@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import argon2
 from loguru import logger
@@ -29,6 +29,11 @@ MAX_USERNAME_CHARS = 128
 
 # Client addresses remembered per cached credential (see Users.sign_in); past this, start over.
 _MAX_ADDRESSES = 256
+# Spellings of one user's verified credentials recognised by ``Users.recall`` (a client sends the
+# same header every time; another spelling past these is simply verified the slow way), and of all
+# users' together (past this, start over: a flood of spellings by someone who knows a password).
+_MAX_TOKENS_PER_ENTRY = 8
+_MAX_TOKENS = 10_000
 
 # argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~65 ms a hash on these
 # 2-vCPU machines, against ~500 ms for argon2-cffi's defaults, which would make every first call of
@@ -62,6 +67,7 @@ class _Entry:
     digest: bytes  # HMAC of the username and the password that verified
     addresses: set[str]  # client addresses that signed in with them
     stale: bool = False  # the user may have changed: check the stored hash before trusting
+    tokens: list[bytes] = field(default_factory=list)  # keys of Users._tokens that lead here
 
 
 @dataclass(eq=False)
@@ -106,6 +112,12 @@ class Users:
     from any other address they wait like everyone else, or the cache would tell a guesser at
     full speed which guess is right. Open streams register with ``watch`` and are ended when
     their user is deleted or changes password.
+
+    A caller sends the same credentials on every call. ``recall`` recognises credentials verified
+    before by their token as sent (the transport's raw ``authorization`` header) with one keyed
+    BLAKE2b and one dict lookup: no decoding, no HMAC, no lock (issue #13). The token map holds
+    keyed hashes only, never a token, and leads to the same entries as the username cache, so an
+    entry marked stale or replaced is no longer recalled: those calls take the full ``sign_in``.
     """
 
     def __init__(self, store: UserStore, throttle: LoginThrottle | None = None) -> None:
@@ -113,6 +125,8 @@ class Users:
         self.throttle = throttle if throttle is not None else LoginThrottle()
         self._secret = secrets.token_bytes(32)
         self._cache: dict[str, _Entry] = {}
+        self._token_key = secrets.token_bytes(32)
+        self._tokens: dict[bytes, _Entry] = {}  # keyed hash of a token -> its verified entry
         # Bumped by every forget(); a verification that started before a forget() must not cache
         # what it read, because the row it read may already be stale.
         self._generation = 0
@@ -123,6 +137,47 @@ class Users:
 
     def _digest(self, username: str, password: str) -> bytes:
         return hmac.new(self._secret, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+
+    def _token(self, token: str) -> bytes:
+        # Keyed, like the digests: the map never holds a password or a cheap hash of one.
+        return hashlib.blake2b(token.encode(), key=self._token_key, digest_size=16).digest()
+
+    def recall(self, token: str, address: str) -> Credential | None:
+        """The credential of ``token`` (credentials as the client sent them) when ``sign_in`` with
+        the same token verified it before from this ``address``, nothing has changed since and the
+        pair is not throttled; otherwise None, and the caller must ``sign_in``."""
+        entry = self._tokens.get(self._token(token))
+        if entry is None or entry.stale or address not in entry.addresses:
+            return None
+        if self.throttle.pair_wait(entry.credential.user.username, address) > 0:
+            return None
+        return entry.credential
+
+    def _remember(self, token: str, username: str, digest: bytes, address: str) -> None:
+        """After a successful sign-in with ``token``: let ``recall`` find its entry."""
+        entry = self._cache.get(username)
+        if (entry is None or entry.stale or not hmac.compare_digest(entry.digest, digest)
+                or address not in entry.addresses or len(entry.tokens) >= _MAX_TOKENS_PER_ENTRY):
+            return
+        key = self._token(token)
+        if key in self._tokens:
+            return
+        if len(self._tokens) >= _MAX_TOKENS:
+            for each in self._tokens.values():
+                each.tokens.clear()
+            self._tokens.clear()
+        self._tokens[key] = entry
+        entry.tokens.append(key)
+
+    def _drop(self, username: str, entry: _Entry) -> None:
+        """Take ``entry`` out of both caches (its user is gone, or it is replaced)."""
+        if self._cache.get(username) is entry:
+            del self._cache[username]
+        entry.stale = True  # for whoever still holds it
+        for key in entry.tokens:
+            if self._tokens.get(key) is entry:
+                del self._tokens[key]
+        entry.tokens.clear()
 
     def forget(self, username: str | None) -> None:
         """One user (or, with None, every user) may have changed: trust no cached credential of
@@ -146,9 +201,16 @@ class Users:
         wrong), Throttled after too many failures. ``address`` is the client's (no port)."""
         return (await self.sign_in(username, password, address)).user
 
-    async def sign_in(self, username: str, password: str, address: str) -> Credential:
-        """As ``authenticate``, with the password hash the credential holds by (for ``watch``)."""
+    async def sign_in(self, username: str, password: str, address: str, token: str | None = None) -> Credential:
+        """As ``authenticate``, with the password hash the credential holds by (for ``watch``).
+        ``token``: the credentials as the client sent them, for ``recall`` on its next calls."""
         digest = self._digest(username, password)
+        credential = await self._sign_in(username, password, address, digest)
+        if token is not None:
+            self._remember(token, username, digest, address)
+        return credential
+
+    async def _sign_in(self, username: str, password: str, address: str, digest: bytes) -> Credential:
         entry = self._cache.get(username)
         if (entry is not None and hmac.compare_digest(entry.digest, digest) and address in entry.addresses
                 and self.throttle.pair_wait(username, address) == 0 and await self._still_valid(username, entry)):
@@ -178,8 +240,7 @@ class Users:
         generation = self._generation
         record = await self._store.get(username)
         if record is None or record.password_hash != entry.credential.password_hash:
-            if self._cache.get(username) is entry:
-                del self._cache[username]
+            self._drop(username, entry)
             return False
         entry.credential = Credential(_to_user(record), record.password_hash)  # roles may have changed
         if generation == self._generation:
@@ -205,6 +266,11 @@ class Users:
         self.throttle.succeeded(username, address)
         credential = Credential(_to_user(record), record.password_hash)
         if generation == self._generation:
+            replaced = self._cache.get(username)
+            if replaced is not None:
+                # Other credentials of this user (an older password, changed where this node did
+                # not hear of it yet): recall must not accept them any more.
+                self._drop(username, replaced)
             self._cache[username] = _Entry(credential, digest, {address})
         return credential
 

@@ -1,0 +1,117 @@
+"""The Orisun server's own CPU per call, one caller, for the cheap calls (issue #13).
+
+Starts the stack (bench/_stack.py), then for each kind of call sends ``--calls`` of them one
+after another from this process and reads the server process's utime+stime from /proc around
+them: what one call costs the server, without the noise of wall-clock throughput.
+
+    python bench/percall.py [--calls 3000] [--only save1,get1,tag100] [--spy SECONDS]
+
+``--spy SECONDS`` runs ``py-spy record`` on the server during the save1 run (raw output in
+prof-save1.txt). Each kind runs ``--rounds`` times; the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from _stack import AUTH, stack  # bench/ is on sys.path when a script here runs
+
+from orisun._proto import eventstore_pb2 as pb
+from orisun._proto import eventstore_pb2_grpc as pb_grpc
+
+BOUNDARY = "bench"
+TICK = os.sysconf("SC_CLK_TCK")
+DATA = '{"amount": 42, "currency": "EUR", "note": "' + "x" * 160 + '"}'
+
+
+def cpu(pid: int) -> float:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def threads(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of ``pid`` (threads of one name summed)."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return found
+
+
+def save_request(stream: str) -> pb.SaveEventsRequest:
+    return pb.SaveEventsRequest(
+        boundary=BOUNDARY, stream=pb.SaveStreamQuery(name=stream, expected_version=-2),
+        events=[pb.EventToSave(event_id=str(uuid.uuid4()), event_type="MoneyDeposited", data=DATA,
+                               metadata='{"source": "bench"}', tags=[pb.Tag(key="account", value="a-1")])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--only", default="save1,get1,tag100")
+    parser.add_argument("--rounds", type=int, default=5, help="the median round is reported")
+    parser.add_argument("--spy", type=float, default=0.0)
+    parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too")
+    parser.add_argument("--threads", action="store_true", help="CPU per call of each server thread")
+    args = parser.parse_args()
+    with stack(BOUNDARY) as s, grpc.insecure_channel(s.address) as channel:
+        stub = pb_grpc.EventStoreStub(channel)
+        # 100 events sharing a tag, for the tag query.
+        tagged = save_request("tagged")
+        del tagged.events[:]
+        for _ in range(100):
+            tagged.events.add(event_id=str(uuid.uuid4()), event_type="T", data=DATA,
+                              tags=[pb.Tag(key="tenant", value="t-1")])
+        stub.SaveEvents(tagged, metadata=AUTH)
+        query = pb.Query(criteria=[pb.Criterion(tags=[pb.Tag(key="tenant", value="t-1")])])
+        calls = {
+            "save1": lambda i: stub.SaveEvents(save_request(f"s-{i % 50}"), metadata=AUTH),
+            "get1": lambda i: stub.GetEvents(pb.GetEventsRequest(boundary=BOUNDARY, count=1), metadata=AUTH),
+            "tag100": lambda i: stub.GetEvents(pb.GetEventsRequest(boundary=BOUNDARY, count=1000, query=query),
+                                               metadata=AUTH),
+        }
+        for name in args.only.split(","):
+            call = calls[name]
+            for i in range(200):  # warm up: prepared statements, caches
+                call(i)
+            spy = None
+            native = ["--native"] if args.native else []
+            if args.spy and name == "save1":
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(s.server_pid), "-r", "500", "-d",
+                                        str(int(args.spy)), "-f", "raw", "-o", f"prof-{name}.txt", *native],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
+            per_thread = threads(s.server_pid)
+            rounds = []
+            for _ in range(args.rounds):
+                before, began = cpu(s.server_pid), time.perf_counter()
+                for i in range(args.calls):
+                    call(i)
+                rounds.append(((cpu(s.server_pid) - before) / args.calls, (time.perf_counter() - began) / args.calls))
+            used, wall = sorted(rounds)[len(rounds) // 2]
+            print(f"{name:8} server CPU {used * 1e6:7.0f} us/call (rounds {min(rounds)[0] * 1e6:.0f}-"
+                  f"{max(rounds)[0] * 1e6:.0f})   wall {wall * 1e3:6.2f} ms/call", flush=True)
+            if args.threads:
+                after = threads(s.server_pid)
+                for thread, seconds in sorted(after.items(), key=lambda kv: -kv[1]):
+                    spent = seconds - per_thread.get(thread, 0.0)
+                    if spent > 0:
+                        print(f"    thread {thread:16} {spent / args.calls / args.rounds * 1e6:7.0f} us/call")
+            if spy is not None:
+                spy.wait()
+
+
+if __name__ == "__main__":
+    main()
