@@ -13,14 +13,18 @@ prof-save1.txt). Each kind runs ``--rounds`` times; the median round is reported
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from _stack import AUTH, stack  # bench/ is on sys.path when a script here runs
+from _stack import AUTH, free_port, stack  # bench/ is on sys.path when a script here runs
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
@@ -57,6 +61,24 @@ def save_request(stream: str) -> pb.SaveEventsRequest:
                                metadata='{"source": "bench"}', tags=[pb.Tag(key="account", value="a-1")])])
 
 
+@contextlib.contextmanager
+def target(bare: bool) -> Iterator[tuple[str, int]]:
+    """(address, pid) of the server to measure: Orisun on its stack, or the bare server."""
+    if not bare:
+        with stack(BOUNDARY) as s:
+            yield s.address, s.server_pid
+        return
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_bare.py")), str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield f"127.0.0.1:{port}", server.pid
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
@@ -65,8 +87,9 @@ def main() -> None:
     parser.add_argument("--spy", type=float, default=0.0)
     parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too")
     parser.add_argument("--threads", action="store_true", help="CPU per call of each server thread")
+    parser.add_argument("--bare", action="store_true", help="measure bench/_bare.py (no work: gRPC's floor)")
     args = parser.parse_args()
-    with stack(BOUNDARY) as s, grpc.insecure_channel(s.address) as channel:
+    with target(args.bare) as (address, pid), grpc.insecure_channel(address) as channel:
         stub = pb_grpc.EventStoreStub(channel)
         # 100 events sharing a tag, for the tag query.
         tagged = save_request("tagged")
@@ -88,23 +111,23 @@ def main() -> None:
                 call(i)
             spy = None
             native = ["--native"] if args.native else []
-            if args.spy and name == "save1":
-                spy = subprocess.Popen(["py-spy", "record", "-p", str(s.server_pid), "-r", "500", "-d",
+            if args.spy and name == args.only.split(",")[0]:
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "500", "-d",
                                         str(int(args.spy)), "-f", "raw", "-o", f"prof-{name}.txt", *native],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
-            per_thread = threads(s.server_pid)
+            per_thread = threads(pid)
             rounds = []
             for _ in range(args.rounds):
-                before, began = cpu(s.server_pid), time.perf_counter()
+                before, began = cpu(pid), time.perf_counter()
                 for i in range(args.calls):
                     call(i)
-                rounds.append(((cpu(s.server_pid) - before) / args.calls, (time.perf_counter() - began) / args.calls))
+                rounds.append(((cpu(pid) - before) / args.calls, (time.perf_counter() - began) / args.calls))
             used, wall = sorted(rounds)[len(rounds) // 2]
             print(f"{name:8} server CPU {used * 1e6:7.0f} us/call (rounds {min(rounds)[0] * 1e6:.0f}-"
                   f"{max(rounds)[0] * 1e6:.0f})   wall {wall * 1e3:6.2f} ms/call", flush=True)
             if args.threads:
-                after = threads(s.server_pid)
+                after = threads(pid)
                 for thread, seconds in sorted(after.items(), key=lambda kv: -kv[1]):
                     spent = seconds - per_thread.get(thread, 0.0)
                     if spent > 0:

@@ -11,7 +11,7 @@ import re
 from typing import NoReturn
 
 from orisun.errors import InvalidArgument, quoted
-from orisun.model import ANY_VERSION, Query, ReadRequest, SaveRequest
+from orisun.model import ANY_VERSION, EventToSave, Query, ReadRequest, SaveRequest
 
 # Documented in the README ("Limits"). Keys and values sit in a B-tree index whose entries must
 # stay below PostgreSQL's ~2.7 kB limit, hence the tag sizes.
@@ -123,29 +123,76 @@ def check_save(request: SaveRequest, *, max_event_bytes: int) -> None:
         _fail("events", f"has {len(request.events)} events, more than the {MAX_EVENTS_PER_WRITE} allowed per call")
     seen: dict[str, int] = {}
     for i, event in enumerate(request.events):
-        field = f"events[{i}]"
-        if not _UUID.fullmatch(event.event_id):
-            _fail(f"{field}.event_id",
-                  f"{quoted(event.event_id)} is not a UUID (like 0191b93c-5f3c-75c8-92ce-5a3300709178)")
         lowered = event.event_id.lower()
-        if lowered in seen:
-            _fail(f"{field}.event_id", f"{event.event_id} repeats events[{seen[lowered]}].event_id")
+        size = _event_size(event, lowered, seen)
+        if size < 0 or size + stream_bytes > max_event_bytes:
+            _check_event(i, event, lowered, seen, stream_bytes, max_event_bytes)  # raises, naming the field
         seen[lowered] = i
-        size = stream_bytes + EVENT_ENVELOPE_BYTES
-        size += _text(f"{field}.event_type", event.event_type, max_bytes=MAX_EVENT_TYPE_BYTES)
-        _json(f"{field}.data", event.data)
-        if event.metadata:
-            _json(f"{field}.metadata", event.metadata)
-        size += len(event.data.encode()) + len(event.metadata.encode())
-        if len(event.tags) > MAX_TAGS_PER_EVENT:
-            _fail(f"{field}.tags", f"has {len(event.tags)} tags, more than the {MAX_TAGS_PER_EVENT} allowed")
-        for t, tag in enumerate(event.tags):
-            size += _text(f"{field}.tags[{t}].key", tag.key, max_bytes=MAX_TAG_KEY_BYTES)
-            size += _text(f"{field}.tags[{t}].value", tag.value, max_bytes=MAX_TAG_VALUE_BYTES, required=False)
-            size += TAG_ENVELOPE_BYTES
-        if size > max_event_bytes:
-            _fail(field, f"is about {size} bytes, more than the {max_event_bytes} a live subscriber can receive "
-                  "(ORISUN_NATS_MAX_PAYLOAD)")
+
+
+def _size(value: str) -> int:
+    # str.isascii() is O(1) in CPython: an ASCII string is measured without encoding a copy.
+    return len(value) if value.isascii() else len(value.encode())
+
+
+def _event_size(event: EventToSave, lowered: str, seen: dict[str, int]) -> int:
+    """The event's size as ``_check_event`` counts it (without its stream name) when the event
+    passes every check of ``_check_event`` but the size limit; -1 otherwise.
+
+    The common case, a valid event, in few steps: no field paths or messages built. An event
+    this refuses is checked again by ``_check_event``, which says why (the first problem, in the
+    order of the fields), so the two must agree on what passes.
+    """
+    event_type, data, metadata, tags = event.event_type, event.data, event.metadata, event.tags
+    if (not _UUID.fullmatch(event.event_id) or lowered in seen or not event_type
+            or "\x00" in event_type or "\x00" in data or "\x00" in metadata or len(tags) > MAX_TAGS_PER_EVENT):
+        return -1
+    type_bytes = _size(event_type)
+    if type_bytes > MAX_EVENT_TYPE_BYTES:
+        return -1
+    try:
+        if data.startswith("\ufeff") or metadata.startswith("\ufeff"):
+            return -1
+        _SYNTAX.decode(data)
+        if metadata:
+            _SYNTAX.decode(metadata)
+    except (ValueError, RecursionError):
+        return -1
+    size = EVENT_ENVELOPE_BYTES + type_bytes + _size(data) + _size(metadata)
+    for tag in tags:
+        key, value = tag.key, tag.value
+        key_bytes, value_bytes = _size(key), _size(value)
+        if (not key or key_bytes > MAX_TAG_KEY_BYTES or value_bytes > MAX_TAG_VALUE_BYTES
+                or "\x00" in key or "\x00" in value):
+            return -1
+        size += key_bytes + value_bytes + TAG_ENVELOPE_BYTES
+    return size
+
+
+def _check_event(i: int, event: EventToSave, lowered: str, seen: dict[str, int], stream_bytes: int,
+                 max_event_bytes: int) -> None:
+    """Raise InvalidArgument for the event's first problem, naming its field."""
+    field = f"events[{i}]"
+    if not _UUID.fullmatch(event.event_id):
+        _fail(f"{field}.event_id",
+              f"{quoted(event.event_id)} is not a UUID (like 0191b93c-5f3c-75c8-92ce-5a3300709178)")
+    if lowered in seen:
+        _fail(f"{field}.event_id", f"{event.event_id} repeats events[{seen[lowered]}].event_id")
+    size = stream_bytes + EVENT_ENVELOPE_BYTES
+    size += _text(f"{field}.event_type", event.event_type, max_bytes=MAX_EVENT_TYPE_BYTES)
+    _json(f"{field}.data", event.data)
+    if event.metadata:
+        _json(f"{field}.metadata", event.metadata)
+    size += len(event.data.encode()) + len(event.metadata.encode())
+    if len(event.tags) > MAX_TAGS_PER_EVENT:
+        _fail(f"{field}.tags", f"has {len(event.tags)} tags, more than the {MAX_TAGS_PER_EVENT} allowed")
+    for t, tag in enumerate(event.tags):
+        size += _text(f"{field}.tags[{t}].key", tag.key, max_bytes=MAX_TAG_KEY_BYTES)
+        size += _text(f"{field}.tags[{t}].value", tag.value, max_bytes=MAX_TAG_VALUE_BYTES, required=False)
+        size += TAG_ENVELOPE_BYTES
+    if size > max_event_bytes:
+        _fail(field, f"is about {size} bytes, more than the {max_event_bytes} a live subscriber can receive "
+              "(ORISUN_NATS_MAX_PAYLOAD)")
 
 
 def check_read(request: ReadRequest) -> None:

@@ -43,15 +43,18 @@ def query_from_proto(message: pb.Query) -> Query:
 
 def save_request_from_proto(message: pb.SaveEventsRequest) -> SaveRequest:
     stream = message.stream
+    # List comprehensions, not generators, and no tuple built for an event without tags: this
+    # runs for every event written (issue #13).
     return SaveRequest(
         boundary=message.boundary,
         stream=stream.name,
         expected_version=stream.expected_version,
         subset=query_from_proto(stream.subsetQuery) if stream.HasField("subsetQuery") else None,
-        events=tuple(
-            EventToSave(e.event_id, e.event_type, e.data, e.metadata, tuple(Tag(t.key, t.value) for t in e.tags))
+        events=tuple([
+            EventToSave(e.event_id, e.event_type, e.data, e.metadata,
+                        tuple([Tag(t.key, t.value) for t in e.tags]) if e.tags else ())
             for e in message.events
-        ),
+        ]),
     )
 
 
