@@ -4,10 +4,13 @@ Starts the stack (bench/_stack.py), then for each kind of call sends ``--calls``
 after another from this process and reads the server process's utime+stime from /proc around
 them: what one call costs the server, without the noise of wall-clock throughput.
 
-    python bench/percall.py [--calls 3000] [--only save1,get1,tag100] [--spy SECONDS]
+    python bench/percall.py [--calls 3000] [--rounds 5] [--only save1,get1,tag100] [--bare]
+                            [--spy SECONDS [--native]] [--threads]
 
-``--spy SECONDS`` runs ``py-spy record`` on the server during the save1 run (raw output in
-prof-save1.txt). Each kind runs ``--rounds`` times; the median round is reported.
+Each kind runs ``--rounds`` times; the median round is reported, with the range (this machine is
+shared: compare runs made one after the other). ``--bare`` measures bench/_bare.py instead, the
+same proto answered with canned replies: gRPC's own cost. ``--spy SECONDS`` runs ``py-spy
+record`` on the server during the first kind's run (raw output in prof-<kind>.txt).
 """
 
 from __future__ import annotations
