@@ -94,6 +94,9 @@ def main() -> None:
     args = parser.parse_args()
     with target(args.bare) as (address, pid), grpc.insecure_channel(address) as channel:
         stub = pb_grpc.EventStoreStub(channel)
+        # The orisun command runs on uvloop where it is installed (cli._loop_factory).
+        uvloop = "/uvloop/" in Path(f"/proc/{pid}/maps").read_text()
+        print(f"server {pid}: uvloop {'loaded' if uvloop else 'NOT loaded'}", flush=True)
         # 100 events sharing a tag, for the tag query.
         tagged = save_request("tagged")
         del tagged.events[:]
