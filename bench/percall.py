@@ -10,7 +10,7 @@ them: what one call costs the server, without the noise of wall-clock throughput
 Each kind runs ``--rounds`` times; the median round is reported, with the range (this machine is
 shared: compare runs made one after the other). ``--bare`` measures bench/_bare.py instead, the
 same proto answered with canned replies: gRPC's own cost. ``--spy SECONDS`` runs ``py-spy
-record`` on the server during the first kind's run (raw output in prof-<kind>.txt).
+record`` on the server during the first kind's run (raw output in the temp folder).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -118,8 +119,10 @@ def main() -> None:
             spy = None
             native = ["--native"] if args.native else []
             if args.spy and name == args.only.split(",")[0]:
+                profile = Path(tempfile.gettempdir()) / f"orisun-percall-{name}.txt"
+                print(f"py-spy profile of {name}: {profile}", flush=True)
                 spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "500", "-d",
-                                        str(int(args.spy)), "-f", "raw", "-o", f"prof-{name}.txt", *native],
+                                        str(int(args.spy)), "-f", "raw", "-o", str(profile), *native],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             per_thread = threads(pid)
