@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 
@@ -114,13 +114,18 @@ class Event:
 
 # A stored event as storage reads it, before any object is made of it: (position,
 # commit_position, stream, version, event_id, event_type, data, metadata, tags as the JSON text of
-# [[key, value], ...], created_at). A page read only to be sent on is converted straight from these rows: an
-# Event (with its Position and Tags) per row cost more server CPU than fetching the row.
-EventRow = tuple[int, int, str, int, str, str, str, str, str, datetime]
+# [[key, value], ...], created_at as microseconds since the Unix epoch). A page read only to be sent
+# on is converted straight from these rows: an Event (with its Position and Tags) per row cost more
+# server CPU than fetching the row. An integer, not a datetime: loading a timestamptz and taking
+# it apart again cost ~0.4 us per row.
+EventRow = tuple[int, int, str, int, str, str, str, str, str, int]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def event_from_row(row: EventRow) -> Event:
-    position, commit, stream, version, event_id, event_type, data, metadata, tags, created_at = row
+    position, commit, stream, version, event_id, event_type, data, metadata, tags, micros = row
+    created_at = EPOCH + timedelta(microseconds=micros)
     return Event(
         event_id=event_id,
         event_type=event_type,
