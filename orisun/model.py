@@ -122,6 +122,24 @@ EventRow = tuple[int, int, str, int, str, str, str, str, str, int]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# Parsed tags by their JSON text: events share few distinct tag sets, and Tags are immutable, so
+# one tuple serves them all (parsing cost ~1.5 us of an event's ~6). Bounded: cleared when full;
+# long texts are not kept.
+_TAGS: dict[str, tuple[Tag, ...]] = {}
+_TAGS_CACHED = 4096
+_TAGS_CACHED_CHARS = 512
+
+
+def _tags(text: str) -> tuple[Tag, ...]:
+    tags = _TAGS.get(text)
+    if tags is None:
+        tags = tuple(Tag(key, value) for key, value in json.loads(text))
+        if len(text) <= _TAGS_CACHED_CHARS:
+            if len(_TAGS) >= _TAGS_CACHED:
+                _TAGS.clear()
+            _TAGS[text] = tags
+    return tags
+
 
 def event_from_row(row: EventRow) -> Event:
     position, commit, stream, version, event_id, event_type, data, metadata, tags, micros = row
@@ -131,7 +149,7 @@ def event_from_row(row: EventRow) -> Event:
         event_type=event_type,
         data=data,
         metadata=metadata,
-        tags=tuple(Tag(key, value) for key, value in json.loads(tags)),
+        tags=_tags(tags),
         position=Position(commit, position),
         created_at=created_at,
         stream=stream,
