@@ -115,6 +115,18 @@ def test_prepared_reads_never_mix_values(database: str) -> None:
                                                            after=Position(n * 100, n * 100), count=5 + n % 3))
             first = n * 100 + 1 + (tenant - (n * 100 + 1)) % 120  # the first position > n*100 with that tenant
             assert [r[0] for r in rows] == [first + 120 * i for i in range(5 + n % 3)], n
+            below = n * 100 + 50
+            cursor = Position((below - 1) // 1000 * 1000 + 1000, below)  # event `below`'s: writes of 1,000
+            rows = await read_rows(db, SCHEMA, ReadRequest(BOUNDARY, query=query((("tenant", f"t-{tenant}"),)),
+                                                           after=cursor, count=3,
+                                                           direction=Direction.DESC))
+            assert [r[0] for r in rows] == [p for p in range(below - 1, 0, -1) if p % 120 == tenant][:3], n
+            other = (tenant + 1 + n % 5) % 120
+            rows = await read_rows(db, SCHEMA, ReadRequest(
+                BOUNDARY, query=query((("tenant", f"t-{tenant}"),), (("tenant", f"t-{other}"),)),
+                after=cursor, count=4, direction=Direction.DESC if n % 2 else Direction.ASC))
+            span = range(below - 1, 0, -1) if n % 2 else range(below + 1, 12_001)
+            assert [r[0] for r in rows] == [p for p in span if p % 120 in (tenant, other)][:4], n
             stream = n % 12
             rows = await read_rows(db, SCHEMA, ReadRequest(BOUNDARY, stream=f"s-{stream}", from_version=n + 1,
                                                            count=2, direction=Direction.DESC))
@@ -126,7 +138,7 @@ def test_prepared_reads_never_mix_values(database: str) -> None:
         async with db.pool.connection() as conn:  # the one connection all those reads used
             cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
             prepared = [row[0] for row in await cursor.fetchall()]
-        assert sum(text.startswith("SELECT e.position") for text in prepared) == 3, prepared
+        assert sum(text.startswith("SELECT e.position") for text in prepared) == 6, prepared  # the 6 shapes
 
     _run(database, test)
 
