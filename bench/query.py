@@ -97,7 +97,7 @@ def main() -> None:
             stub = pb_grpc.EventStoreStub(channel)
             for name, request in scenarios(args.events).items():
                 message = to_proto(request)
-                statement = build_read(BOUNDARY, request)
+                statement, params = build_read(BOUNDARY, request)
                 ours: list[float] = []
                 raw: list[float] = []
                 rows: Any = None
@@ -106,7 +106,7 @@ def main() -> None:
                     rows = stub.GetEvents(message, metadata=AUTH, timeout=30).events
                     ours.append(time.perf_counter() - began)
                     began = time.perf_counter()
-                    conn.execute(statement).fetchall()
+                    conn.execute(statement, params).fetchall()
                     raw.append(time.perf_counter() - began)
                 (o50, o99), (r50, r99) = percentiles(ours), percentiles(raw)
                 print(f"{name:28}{len(rows):>6}{o50:>12.2f}{o99:>8.2f}{r50:>13.2f}{r99:>8.2f}{r50 / o50:>7.2f}",

@@ -265,7 +265,7 @@ def raw_scan(conninfo: str, events: int) -> float:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         cursor = 0
         while cursor < events:
-            rows = conn.execute(build_range(BOUNDARY, Position(0, cursor), events, None, PAGE)).fetchall()
+            rows = conn.execute(*build_range(BOUNDARY, Position(0, cursor), events, None, PAGE)).fetchall()
             cursor = rows[-1][0]
     return time.perf_counter() - began
 

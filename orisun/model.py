@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 
@@ -114,19 +114,42 @@ class Event:
 
 # A stored event as storage reads it, before any object is made of it: (position,
 # commit_position, stream, version, event_id, event_type, data, metadata, tags as the JSON text of
-# [[key, value], ...], created_at). A page read only to be sent on is converted straight from these rows: an
-# Event (with its Position and Tags) per row cost more server CPU than fetching the row.
-EventRow = tuple[int, int, str, int, str, str, str, str, str, datetime]
+# [[key, value], ...], created_at as microseconds since the Unix epoch). A page read only to be sent
+# on is converted straight from these rows: an Event (with its Position and Tags) per row cost more
+# server CPU than fetching the row. An integer, not a datetime: loading a timestamptz and taking
+# it apart again cost ~0.4 us per row.
+EventRow = tuple[int, int, str, int, str, str, str, str, str, int]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Parsed tags by their JSON text: events share few distinct tag sets, and Tags are immutable, so
+# one tuple serves them all (parsing cost ~1.5 us of an event's ~6). Bounded: cleared when full;
+# long texts are not kept.
+_TAGS: dict[str, tuple[Tag, ...]] = {}
+_TAGS_CACHED = 4096
+_TAGS_CACHED_CHARS = 512
+
+
+def _tags(text: str) -> tuple[Tag, ...]:
+    tags = _TAGS.get(text)
+    if tags is None:
+        tags = tuple(Tag(key, value) for key, value in json.loads(text))
+        if len(text) <= _TAGS_CACHED_CHARS:
+            if len(_TAGS) >= _TAGS_CACHED:
+                _TAGS.clear()
+            _TAGS[text] = tags
+    return tags
 
 
 def event_from_row(row: EventRow) -> Event:
-    position, commit, stream, version, event_id, event_type, data, metadata, tags, created_at = row
+    position, commit, stream, version, event_id, event_type, data, metadata, tags, micros = row
+    created_at = EPOCH + timedelta(microseconds=micros)
     return Event(
         event_id=event_id,
         event_type=event_type,
         data=data,
         metadata=metadata,
-        tags=tuple(Tag(key, value) for key, value in json.loads(tags)),
+        tags=_tags(tags),
         position=Position(commit, position),
         created_at=created_at,
         stream=stream,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Protocol
 
 from orisun.errors import PermissionDenied, quoted
 from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult, row_position
@@ -13,8 +13,6 @@ from orisun.service import validation
 from orisun.storage.database import Database
 from orisun.storage.events import read_events, read_rows
 from orisun.storage.writer import BoundaryWriter
-
-T = TypeVar("T")
 
 # A page of GetEvents is read from PostgreSQL in chunks, so that a page cut by its size does not
 # first load all `count` events (10,000 events of 1 MB would be 10 GB): the first chunk is a whole
@@ -26,11 +24,22 @@ MAX_CHUNK = 1_000
 
 
 @dataclasses.dataclass(frozen=True)
-class Page(Generic[T]):
-    """A page of encoded events; ``truncated``: the next event existed but did not fit."""
+class Page:
+    """What a page holds: ``count`` events; ``truncated``: the next event existed but did not fit."""
 
-    items: list[T]
+    count: int
     truncated: bool
+
+
+class PageSink(Protocol):
+    """Where read_page encodes a page (transport's PageBuilder)."""
+
+    def add(self, rows: list[EventRow]) -> int:
+        """Encode ``rows`` after the events already added; the page's size in bytes so far."""
+
+    def cut(self, max_bytes: int) -> int:
+        """Keep the longest prefix of the page of at most ``max_bytes``, but at least one event
+        (only the last ``add`` may have passed the limit); the number of events kept."""
 
 
 class EventStore:
@@ -70,13 +79,10 @@ class EventStore:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
         return await read_events(self._db, schema, request)
 
-    async def read_page(
-        self, user: User, request: ReadRequest, *, encode: Callable[[EventRow], tuple[T, int]], max_bytes: int
-    ) -> Page[T]:
-        """At most ``request.count`` events, encoded, of at most ``max_bytes`` together (by the
-        sizes ``encode`` returns), except that a page always holds its first event. ``encode``
-        gets each event as a row (EventRow): a page is converted without an Event per row. It is
-        called once more for the event that did not fit, when a page is truncated.
+    async def read_page(self, user: User, request: ReadRequest, *, sink: PageSink, max_bytes: int) -> Page:
+        """At most ``request.count`` events, encoded into ``sink``, of at most ``max_bytes``
+        together (by the sizes ``sink`` reports), except that a page always holds its first event.
+        ``sink`` gets the events as rows (EventRow): a page is converted without an Event per row.
 
         The page is read in chunks, each continuing after the last event read. That is the same
         page one statement would read: positions are assigned in commit order, so whatever was
@@ -84,23 +90,23 @@ class EventStore:
         """
         schema = self._read_schema(request)
         count = request.count or validation.DEFAULT_COUNT
-        items: list[T] = []
-        used = 0
-        chunk = min(count, FIRST_CHUNK)
-        part = dataclasses.replace(request, count=chunk)
+        read = 0  # events in the sink
+        part = dataclasses.replace(request, count=min(count, FIRST_CHUNK))
         while True:
-            events = await read_rows(self._db, schema, part)
-            for event in events:
-                item, size = encode(event)
-                if items and used + size > max_bytes:
-                    return Page(items, truncated=True)
-                items.append(item)
-                used += size
-            if len(events) < part.count or len(items) == count:
-                return Page(items, truncated=False)
-            average = used / len(items)
-            chunk = min(count - len(items), MAX_CHUNK, int((max_bytes - used) / average) + 1)
-            part = dataclasses.replace(request, after=row_position(events[-1]), count=max(1, chunk))
+            rows = await read_rows(self._db, schema, part)
+            used = sink.add(rows)
+            read += len(rows)
+            if used > max_bytes:
+                kept = sink.cut(max_bytes)
+                if kept < read:
+                    return Page(kept, truncated=True)
+                # A lone first event larger than max_bytes: kept; whether another follows decides
+                # `truncated`.
+            if len(rows) < part.count or read == count:
+                return Page(read, truncated=False)
+            average = used / read
+            chunk = min(count - read, MAX_CHUNK, int((max_bytes - used) / average) + 1)
+            part = dataclasses.replace(request, after=row_position(rows[-1]), count=max(1, chunk))
 
     async def close(self) -> None:
         await asyncio.gather(*(writer.close() for writer in self._writers.values()))

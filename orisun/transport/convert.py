@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -147,38 +146,97 @@ def event_to_proto(event: Event) -> pb.Event:
     )
 
 
-def row_adder(response: pb.GetEventsResponse) -> Callable[[EventRow], tuple[pb.Event, int]]:
-    """An ``encode`` for EventStore.read_page that builds each row's pb.Event in place inside
-    ``response`` (no Event object in between, no copy into the response afterwards) and returns
-    it with the bytes it adds to ``response``. A truncated page encodes one event more than it
-    keeps: cut ``response.events`` to the page's length (``keep_page``)."""
-    add = response.events.add
+# The serialized tags (pb.Event field 5) by the stored tags' JSON text: events share few distinct
+# tag sets, and merging the cached bytes in one call costs less than parsing the JSON and adding
+# each tag (~1.5 us of ~4.5 per event, measured on 1,000-event pages). Bounded: cleared when full;
+# long tag texts are not kept.
+_TAGS_BYTES: dict[str, bytes] = {}
+_TAGS_CACHED = 4096
+_TAGS_CACHED_CHARS = 512
+_NO_TAGS = "[]"
 
-    def encode(row: EventRow) -> tuple[pb.Event, int]:
-        position, commit, stream, version, event_id, event_type, data, metadata, tags, created_at = row
+
+def _tags_bytes(tags: str) -> bytes:
+    data: bytes = pb.Event(tags=[pb.Tag(key=k, value=v) for k, v in json.loads(tags)]).SerializeToString()
+    if len(tags) <= _TAGS_CACHED_CHARS:
+        if len(_TAGS_BYTES) >= _TAGS_CACHED:
+            _TAGS_BYTES.clear()
+        _TAGS_BYTES[tags] = data
+    return data
+
+
+def add_rows(response: pb.GetEventsResponse, rows: list[EventRow]) -> None:
+    """Append ``rows`` to ``response.events``: each pb.Event is built in place (no Event object in
+    between, no copy into the response afterwards)."""
+    add = response.events.add
+    cached = _TAGS_BYTES.get
+    for position, commit, stream, version, event_id, event_type, data, metadata, tags, micros in rows:
         message = add(event_id=event_id, event_type=event_type, data=data, metadata=metadata,
                       stream_id=stream, version=version)
+        if tags != _NO_TAGS:
+            message.MergeFromString(cached(tags) or _tags_bytes(tags))
         # Filling the submessages in place is cheaper than building them and passing them in.
-        add_tag = message.tags.add
-        for key, value in json.loads(tags):
-            add_tag(key=key, value=value)
         cursor = message.position
         cursor.commit_position = commit
         cursor.prepare_position = position
-        delta = created_at - _EPOCH
         moment = message.date_created
-        moment.seconds = delta.days * 86400 + delta.seconds
-        moment.nanos = delta.microseconds * 1000
-        size = message.ByteSize()
-        return message, 1 + _varint_size(size) + size
-
-    return encode
+        seconds, micros = divmod(micros, 1_000_000)
+        moment.seconds = seconds
+        moment.nanos = micros * 1000
 
 
-def keep_page(response: pb.GetEventsResponse, kept: int) -> None:
-    """Drop the events ``row_adder`` encoded beyond the first ``kept`` (the one that did not fit)."""
-    if len(response.events) > kept:
-        del response.events[kept:]
+_TRUNCATED = pb.GetEventsResponse(truncated=True).SerializeToString()
+
+
+class PageBuilder:
+    """A GetEventsResponse built as bytes, chunk by chunk (a ``PageSink`` of EventStore.read_page).
+
+    Each chunk of rows becomes a GetEventsResponse serialized at once; serialized messages
+    concatenate into the message holding all their events, so the page is the chunks joined
+    (plus ``truncated`` at the end). Its size is then known without sizing each event (ByteSize
+    serializes: that was a second serialization of every event); events are sized only in a
+    chunk that passes the limit, to find where to cut."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._count = 0
+        self._last = pb.GetEventsResponse()  # the last chunk, as a message
+
+    def add(self, rows: list[EventRow]) -> int:
+        chunk = self._last = pb.GetEventsResponse()
+        add_rows(chunk, rows)
+        self._append(chunk)
+        return self._size
+
+    def _append(self, chunk: pb.GetEventsResponse) -> None:
+        data = chunk.SerializeToString()
+        self._chunks.append(data)
+        self._size += len(data)
+        self._count += len(chunk.events)
+
+    def cut(self, max_bytes: int) -> int:
+        """Keep the longest prefix that fits in ``max_bytes`` but at least one event (the last
+        chunk added passed the limit, not the ones before); the events kept."""
+        chunk = self._last
+        self._size -= len(self._chunks.pop())
+        self._count -= len(chunk.events)
+        room = max_bytes - self._size
+        kept = 0
+        for event in chunk.events:
+            size = event.ByteSize()
+            size += 1 + _varint_size(size)  # field tag and length
+            if (self._count or kept) and size > room:
+                break
+            room -= size
+            kept += 1
+        del chunk.events[kept:]
+        self._append(chunk)
+        return self._count
+
+    def page(self, truncated: bool) -> bytes:
+        """The serialized GetEventsResponse."""
+        return b"".join(self._chunks) + (_TRUNCATED if truncated else b"")
 
 
 class EncodedEvents:

@@ -38,15 +38,12 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         return convert.write_result_to_proto(result)
 
     @translate_errors
-    async def GetEvents(
-        self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetEventsResponse:
-        response = pb.GetEventsResponse()
+    async def GetEvents(self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext) -> bytes:
+        # The serialized GetEventsResponse, sent as it is (see auth's ``passing_bytes``).
+        builder = convert.PageBuilder()
         page = await self._events.read_page(current_user.get(), convert.read_request_from_proto(request),
-                                            encode=convert.row_adder(response), max_bytes=self._page_bytes)
-        convert.keep_page(response, len(page.items))
-        response.truncated = page.truncated
-        return response
+                                            sink=builder, max_bytes=self._page_bytes)
+        return builder.page(page.truncated)
 
     @translate_errors
     async def SubscribeToEvents(
