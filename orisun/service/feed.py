@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable, Mapping
 
 from loguru import logger
@@ -30,6 +31,10 @@ from orisun.storage.locks import SessionLocks
 _BATCH = 1000  # events read and published per round
 _NEWEST = 2**62  # "up to whatever is committed"
 _MEMORY = 50_000  # events handed over and not yet published; beyond, PostgreSQL is read instead
+# How long the publisher waits for this node's writer to hand over a commit PostgreSQL already
+# reported, before reading it from PostgreSQL (the writer failed after its commit, or the commit
+# was another node's while this node's writer was busy).
+_HANDOFF_WAIT = 0.1
 
 
 def feed_lock(schema: str) -> str:
@@ -47,8 +52,12 @@ class LiveFeed:
         *,
         interval: float = 1.0,
         on_published: Callable[[str, list[Event]], None] = lambda schema, events: None,
+        writing: Callable[[str], bool] = lambda schema: False,
     ) -> None:
         self._db = db
+        # Whether this node's writer of a schema has a commit on its way: a NOTIFY seen meanwhile
+        # is most likely of that commit, whose events the writer hands over a moment later.
+        self._writing = writing
         # Told (schema, events) after each publish: this node's subscribers take the events from
         # here, so the publishing node does not also read its own feed back from NATS.
         self._on_published = on_published
@@ -59,10 +68,14 @@ class LiveFeed:
         self._wakeups = {schema: asyncio.Event() for schema in self._boundaries.values()}
         self._boundary_of = {schema: boundary for boundary, schema in self._boundaries.items()}
         self._unread: set[str] = set()  # schemas with commits to read from PostgreSQL to publish
+        # The highest head PostgreSQL's NOTIFY reported per schema: what is beyond the published
+        # position and was not handed over by this node's writer is read from PostgreSQL.
+        self._noticed: dict[str, int] = {}
         self._owned: dict[str, int] = {}  # boundary -> lock generation it was taken in
         self._published: dict[str, int] = {}  # boundary -> last position published (while owned)
         self._handed: dict[str, collections.deque[Event]] = {schema: collections.deque() for schema in self._wakeups}
         self._tasks: list[asyncio.Task[None]] = []
+        self.reads = 0  # reads of PostgreSQL to publish (what was not handed over), for tests and diagnosis
 
     def owns(self, boundary: str) -> bool:
         return self._owned.get(boundary) == self._locks.generation
@@ -85,9 +98,12 @@ class LiveFeed:
                 self._unread.add(schema)
             else:
                 handed.extend(events)
-        elif head is None or head > max(self._published.get(boundary, 0),
-                                        handed[-1].position.prepare if handed else 0):
-            self._unread.add(schema)  # not (all) handed over: PostgreSQL has it
+        elif head is None:
+            self._unread.add(schema)  # anything may have happened: PostgreSQL has it
+        elif head > self._noticed.get(schema, 0):
+            # Whether it was handed over is decided when publishing: the NOTIFY of this node's
+            # own commit often arrives before the writer's hand-off of the same events.
+            self._noticed[schema] = head
         wakeup.set()
 
     def start(self) -> None:
@@ -133,11 +149,26 @@ class LiveFeed:
             published = await self._publisher.checkpoint(boundary, await read_head(self._db, schema))
             self._published[boundary] = published
         unread = True  # after (re)gaining ownership: recover whatever was not published
+        awaited = 0.0  # when the publisher began waiting for a hand-off the writer has on its way
         while self.owns(boundary):
             wakeup.clear()
             events = self._take_handed(schema, published)
+            if not events and not unread and schema not in self._unread:
+                if self._noticed.get(schema, 0) <= published:
+                    awaited = 0.0
+                elif not self._handed[schema] and self._writing(schema) and (
+                        not awaited or time.monotonic() - awaited < _HANDOFF_WAIT):
+                    # Most likely the NOTIFY of this node's own commit, ahead of its hand-off:
+                    # wait for the hand-off (it wakes us) rather than read those events back.
+                    awaited = awaited or time.monotonic()
+                    await _wait(wakeup, _HANDOFF_WAIT)
+                    continue
+                else:
+                    unread = True  # another node's commits (or a gap): PostgreSQL has them
             if not events and (unread or schema in self._unread):
                 self._unread.discard(schema)
+                awaited = 0.0
+                self.reads += 1
                 events, _ = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
                 unread = len(events) == _BATCH  # a full batch: there may be more
             if events:
@@ -150,6 +181,7 @@ class LiveFeed:
                     self._published.pop(boundary, None)
                     return
                 published = self._published[boundary] = events[-1].position.prepare
+                awaited = 0.0
                 self._on_published(schema, events)
                 continue
             if not await _wait(wakeup, self._interval):

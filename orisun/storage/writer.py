@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
 from loguru import logger
 from psycopg import sql
-from psycopg_pool import PoolTimeout
+from psycopg.rows import TupleRow
 
 from orisun.errors import AlreadyExists, Unavailable, quoted
 from orisun.model import (
@@ -73,6 +74,12 @@ class BoundaryWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # True from sending a group until its hand-off to ``on_commit`` is done: a NOTIFY of a
+        # commit seen meanwhile is most likely this group's, whose events are about to be handed over.
+        self.busy = False
+        # A connection of the writer's own, not a pool checkout per group: the pool's checks and
+        # bookkeeping cost as much as a small group's statement. Made on first use and after a drop.
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._statement = sql.SQL(
             # now() is the transaction's timestamp: the created_at the function stored for the events.
             "SELECT r_request, r_outcome, r_commit, r_prepare, r_version, r_detail, now() FROM {}.append_events("
@@ -108,6 +115,13 @@ class BoundaryWriter:
         for pending in self._queue:
             _settle(pending, Unavailable("the server is shutting down; retry"))
         self._queue.clear()
+        await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def _run(self) -> None:
         while True:
@@ -117,6 +131,7 @@ class BoundaryWriter:
                 group = self._take_group()
                 if not group:
                     continue
+                self.busy = True
                 try:
                     await self._commit_group(group)
                 except asyncio.CancelledError:
@@ -128,6 +143,8 @@ class BoundaryWriter:
                     logger.exception("handling a group for {} failed", self._schema)
                     for pending in group:
                         _settle(pending, exc)
+                finally:
+                    self.busy = False
             if self._closed:
                 return
 
@@ -192,22 +209,32 @@ class BoundaryWriter:
                 metadata.append(event.metadata)
                 tags.append(json.dumps([[tag.key, tag.value] for tag in event.tags]))
         params = (streams, expected, subsets, counts, ids, types, data, metadata, tags)
+        reused = self._conn is not None
         try:
             return await self._call(params)
-        except Unavailable as exc:
-            # A pooled connection that died with a PostgreSQL restart fails on first use. Sending
-            # the group again on a fresh one is safe even if the first attempt committed:
-            # append_events recognises stored event ids and returns the original results.
-            if isinstance(exc.__cause__, PoolTimeout):
+        except Unavailable:
+            # A connection that died with a PostgreSQL restart fails on first use. Sending the
+            # group again on a fresh one is safe even if the first attempt committed:
+            # append_events recognises stored event ids and returns the original results. A
+            # fresh connection that failed already says PostgreSQL is away: no second try.
+            if not reused:
                 raise
             logger.info("retrying a group for {} on a fresh connection", self._schema)
             return await self._call(params)
 
     async def _call(self, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         with translate_errors(f"appending to boundary schema {self._schema}"):
-            async with self._db.pool.connection() as conn:
-                cursor = await conn.execute(self._statement, params)
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = await self._db.connect()
+                cursor = await self._conn.execute(self._statement, params)
                 return await cursor.fetchall()
+            except psycopg.OperationalError:
+                await self._drop_connection()  # broken, or in an unknown state: the next call makes another
+                raise
+            except asyncio.CancelledError:
+                await asyncio.shield(self._drop_connection())  # stopped mid-statement: its state is unknown
+                raise
 
 
 # Why a reuse of stored event ids is not a retry (append_events' r_detail is "<id> <why>"). The

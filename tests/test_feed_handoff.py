@@ -1,0 +1,52 @@
+"""The live feed's hand-off from this node's writer (issue #13): the publisher sends what the writer
+handed over from memory and does not read PostgreSQL for it again, whichever arrives first, the
+writer's hand-off or PostgreSQL's NOTIFY of the same commit. Real PostgreSQL, nats-server and gRPC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from orisun._proto import eventstore_pb2 as pb
+from tests.support import ServerThread, auth_metadata, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+BOUNDARY = "handoff"
+WRITES = 200
+
+
+async def _on_loop(function: Callable[[], Any]) -> Any:
+    return function()
+
+
+def test_own_commits_are_published_without_reading_postgresql(start_server: Callable[..., ServerThread]) -> None:
+    server = start_server(boundaries={"orisun_admin": "orisun_admin", BOUNDARY: BOUNDARY})
+    feed = server.app.feed
+    assert feed is not None
+
+    def published() -> int | None:
+        return server.call(_on_loop(lambda: feed.published(BOUNDARY)))  # type: ignore[no-any-return]
+
+    def reads() -> int:
+        return server.call(_on_loop(lambda: feed.reads))  # type: ignore[no-any-return]
+
+    wait_for(lambda: published() is not None, 30, "the node to own the feed")
+    before = reads()
+    position = 0
+    with server.stub() as stub:
+        for n in range(WRITES):
+            result = stub.SaveEvents(pb.SaveEventsRequest(
+                boundary=BOUNDARY, stream=pb.SaveStreamQuery(name=f"s-{n % 5}", expected_version=-2),
+                events=[pb.EventToSave(event_id=str(uuid.uuid4()), event_type="Happened", data='{"n": 1}',
+                                       tags=[pb.Tag(key="k", value="v")])]), metadata=auth_metadata(), timeout=30)
+            position = result.log_position.prepare_position
+    wait_for(lambda: published() == position, 30, "the feed to publish every write")
+    # Every NOTIFY of these commits came while the writer was handing them over, or after: none
+    # needs PostgreSQL. A couple of reads are allowed for the publisher's safety net (after a quiet
+    # second) on a machine slow enough to pause that long between two writes.
+    assert reads() - before <= 2, f"{reads() - before} reads from PostgreSQL for {WRITES} handed-over commits"
