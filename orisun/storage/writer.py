@@ -15,10 +15,12 @@ import asyncio
 import collections
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring_ascii as _quote
 
 import psycopg
 from loguru import logger
@@ -33,6 +35,7 @@ from orisun.model import (
     Position,
     Query,
     SaveRequest,
+    Tag,
     WriteResult,
     narrowing,
 )
@@ -194,20 +197,27 @@ class BoundaryWriter:
             self._on_commit(self._schema, committed)
 
     async def _execute(self, requests: Sequence[SaveRequest]) -> list[tuple[object, ...]]:
-        streams, expected, subsets, counts = [], [], [], []
-        ids, types, data, metadata, tags = [], [], [], [], []
+        streams: list[str] = []
+        expected: list[int] = []
+        subsets: list[str | None] = []
+        counts: list[int] = []
+        ids: list[uuid.UUID] = []
+        types: list[str] = []
+        data: list[str] = []
+        metadata: list[str] = []
+        tags: list[str] = []
         for request in requests:
             streams.append(request.stream)
             expected.append(request.expected_version)
             subset = narrowing(request.subset)
             subsets.append(criteria_json(subset) if subset is not None else None)
-            counts.append(len(request.events))
-            for event in request.events:
-                ids.append(uuid.UUID(event.event_id))
-                types.append(event.event_type)
-                data.append(event.data)
-                metadata.append(event.metadata)
-                tags.append(json.dumps([[tag.key, tag.value] for tag in event.tags]))
+            events = request.events
+            counts.append(len(events))
+            ids += [uuid.UUID(e.event_id) for e in events]
+            types += [e.event_type for e in events]
+            data += [e.data for e in events]
+            metadata += [e.metadata for e in events]
+            tags += [_tags_json(e.tags) for e in events]
         params = (streams, expected, subsets, counts, ids, types, data, metadata, tags)
         reused = self._conn is not None
         try:
@@ -265,6 +275,22 @@ def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exc
     return RuntimeError(f"append_events returned unknown outcome {outcome!r}")
 
 
+def _tags_json(tags: Sequence[Tag]) -> str:
+    """``json.dumps([[key, value], ...])``, at a fraction of its cost per event: the same C quoting
+    (ASCII-only, as json.dumps), without the encoder's set-up for each call."""
+    if not tags:
+        return "[]"
+    return "[" + ",".join(["[" + _quote(tag.key) + "," + _quote(tag.value) + "]" for tag in tags]) + "]"
+
+
+# The form PostgreSQL prints a uuid in: such an id is already what GetEvents returns.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _canonical(event_id: str) -> str:
+    return event_id if _CANONICAL_UUID.fullmatch(event_id) else str(uuid.UUID(event_id))
+
+
 def _stored(request: SaveRequest, result: WriteResult, created_at: datetime) -> list[Event]:
     """The events of an accepted request exactly as GetEvents will return them."""
     last = result.position.commit
@@ -272,7 +298,7 @@ def _stored(request: SaveRequest, result: WriteResult, created_at: datetime) -> 
     first_version = result.new_stream_version - len(request.events) + 1
     return [
         Event(
-            event_id=str(uuid.UUID(e.event_id)),  # stored as uuid: read back in canonical lowercase
+            event_id=_canonical(e.event_id),  # stored as uuid: read back in canonical lowercase
             event_type=e.event_type,
             data=e.data,
             metadata=e.metadata,
