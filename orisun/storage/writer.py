@@ -83,6 +83,10 @@ class BoundaryWriter:
         # A connection of the writer's own, not a pool checkout per group: the pool's checks and
         # bookkeeping cost as much as a small group's statement. Made on first use and after a drop.
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        # Kept with the connection: one cursor and the statement rendered once, so psycopg reuses
+        # its parameter dumpers and its parsed query instead of setting them up for every group.
+        self._cursor: psycopg.AsyncCursor[TupleRow] | None = None
+        self._query = b""
         self._statement = sql.SQL(
             # now() is the transaction's timestamp: the created_at the function stored for the events.
             "SELECT r_request, r_outcome, r_commit, r_prepare, r_version, r_detail, now() FROM {}.append_events("
@@ -121,7 +125,7 @@ class BoundaryWriter:
         await self._drop_connection()
 
     async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -235,9 +239,13 @@ class BoundaryWriter:
     async def _call(self, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         with translate_errors(f"appending to boundary schema {self._schema}"):
             try:
-                if self._conn is None or self._conn.closed:
+                cursor = self._cursor
+                if cursor is None or cursor.closed or self._conn is None or self._conn.closed:
+                    await self._drop_connection()
                     self._conn = await self._db.connect()
-                cursor = await self._conn.execute(self._statement, params)
+                    self._query = self._statement.as_bytes(self._conn)
+                    cursor = self._cursor = self._conn.cursor()
+                await cursor.execute(self._query, params)
                 return await cursor.fetchall()
             except psycopg.OperationalError:
                 await self._drop_connection()  # broken, or in an unknown state: the next call makes another
