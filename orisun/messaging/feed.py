@@ -173,23 +173,27 @@ class FeedPublisher:
         return StreamConfig(name=stream_name(boundary), subjects=[subject(boundary)], storage=StorageType.FILE,
                             max_age=self._retention, first_seq=first if first and first > 1 else None)
 
-    async def publish(self, boundary: str, events: Sequence[Event]) -> None:
+    async def publish(self, boundary: str, events: Sequence[Event], *, confirm: bool = True) -> None:
         """Publish consecutive events; the stream must end just before the first of them.
 
         Raises FeedOutOfStep when it does not (another publisher got there first, or the
-        checkpoint is stale) and Unavailable when NATS does not answer.
+        checkpoint is stale) and Unavailable when NATS does not answer. With ``confirm=False``
+        nothing is awaited: a message JetStream refuses is dropped without a word, and the next
+        confirmed publish (or ``last``) tells where the stream really ends.
         """
         if not events:
             return
-        inbox = await self._ensure_inbox()
         limit = self._client.max_payload - _HEADER_ROOM
         # Only the last message asks for an acknowledgement: each message is stored only if the
         # one before it was (Nats-Expected-Last-Sequence), so the last one's answer speaks for
         # the whole batch, and acknowledging every message cost as much as publishing it.
-        self._next_token += 1
-        token = f"{inbox}.{self._next_token}"
-        future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
-        self._acks[token] = future
+        token = ""
+        future: asyncio.Future[dict[str, object]] | None = None
+        if confirm:
+            inbox = await self._ensure_inbox()
+            self._next_token += 1
+            token = f"{inbox}.{self._next_token}"
+            future = self._acks[token] = asyncio.get_running_loop().create_future()
         try:
             for i, event in enumerate(events):
                 if i and not i % _YIELD_EVERY:
@@ -202,6 +206,8 @@ class FeedPublisher:
                     headers[MARKER_HEADER] = "too-large"
                 reply = token if i == len(events) - 1 else ""
                 await self._client.publish(subject(boundary), payload, reply=reply, headers=headers)
+            if future is None:
+                return
             async with asyncio.timeout(_ACK_TIMEOUT):
                 answer = await future
         except TimeoutError:
@@ -209,12 +215,23 @@ class FeedPublisher:
         except (nats.errors.Error, OSError) as exc:
             raise Unavailable(f"NATS is unavailable ({exc})") from exc
         finally:
-            self._acks.pop(token, None)
+            if token:
+                self._acks.pop(token, None)
         error = answer.get("error")
         if isinstance(error, dict):
             if error.get("err_code") == _WRONG_LAST_SEQUENCE:
                 raise FeedOutOfStep(str(error.get("description")))
             raise Unavailable(f"JetStream refused a live-feed message: {error.get('description')}")
+
+    async def last(self, boundary: str) -> int | None:
+        """The last position the boundary's stream holds; None when the stream is gone."""
+        try:
+            info = await self._js.stream_info(stream_name(boundary))
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"NATS is unavailable ({exc})") from exc
+        return int(info.state.last_seq)
 
     async def _ensure_inbox(self) -> str:
         if self._inbox is None:

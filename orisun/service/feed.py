@@ -35,6 +35,10 @@ _MEMORY = 50_000  # events handed over and not yet published; beyond, PostgreSQL
 # reported, before reading it from PostgreSQL (the writer failed after its commit, or the commit
 # was another node's while this node's writer was busy).
 _HANDOFF_WAIT = 0.1
+# A publish asks JetStream to confirm where the stream ends once this many messages or seconds
+# have gone unconfirmed; a quiet feed confirms what it sent after ``interval``.
+_CONFIRM_EVERY = 1000
+_CONFIRM_AFTER = 0.25
 
 
 def feed_lock(schema: str) -> str:
@@ -145,11 +149,19 @@ class LiveFeed:
     async def _publish(self, boundary: str, schema: str, wakeup: asyncio.Event) -> None:
         """Publish until ownership is lost; returns then. Raises Unavailable."""
         published = self._published.get(boundary)
+        resumed = published is not None  # after a pause (NATS away): what was sent is unconfirmed
         if published is None:
             published = await self._publisher.checkpoint(boundary, await read_head(self._db, schema))
             self._published[boundary] = published
         unread = True  # after (re)gaining ownership: recover whatever was not published
         awaited = 0.0  # when the publisher began waiting for a hand-off the writer has on its way
+        # Messages sent since JetStream last confirmed where the stream ends, and when it did.
+        # Awaiting an acknowledgement for each commit cost more than the rest of its publishing (and
+        # several times NATS's own work); expected-sequence headers keep the stream in order
+        # whatever is confirmed, so confirmation only has to come soon enough to notice that
+        # messages were refused (another owner, a reset stream) and go on from the checkpoint.
+        unconfirmed = 1 if resumed else 0
+        confirmed = 0.0 if resumed else time.monotonic()
         while self.owns(boundary):
             wakeup.clear()
             events = self._take_handed(schema, published)
@@ -172,8 +184,9 @@ class LiveFeed:
                 events, _ = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
                 unread = len(events) == _BATCH  # a full batch: there may be more
             if events:
+                confirm = unconfirmed + len(events) >= _CONFIRM_EVERY or time.monotonic() - confirmed >= _CONFIRM_AFTER
                 try:
-                    await self._publisher.publish(boundary, events)
+                    await self._publisher.publish(boundary, events, confirm=confirm)
                 except FeedOutOfStep as exc:
                     # Another node published meanwhile (it held the lock before us), or the
                     # stream was reset: the stream itself says where publishing goes on.
@@ -182,6 +195,10 @@ class LiveFeed:
                     return
                 published = self._published[boundary] = events[-1].position.prepare
                 awaited = 0.0
+                if confirm:
+                    unconfirmed, confirmed = 0, time.monotonic()
+                else:
+                    unconfirmed += len(events)
                 self._on_published(schema, events)
                 continue
             if not await _wait(wakeup, self._interval):
@@ -189,8 +206,15 @@ class LiveFeed:
                 # case a notification was lost (the safety net).
                 if not await self._locks.check():
                     return
+                if unconfirmed:
+                    last = await self._publisher.last(boundary)
+                    if last != published:
+                        logger.info("Live feed of boundary {!r} ends at position {}, not {} as published; "
+                                    "re-reading its checkpoint", boundary, last, published)
+                        self._published.pop(boundary, None)
+                        return
+                    unconfirmed, confirmed = 0, time.monotonic()
                 unread = True
-
 
     def _take_handed(self, schema: str, published: int) -> list[Event]:
         """The handed-over events that continue the feed after ``published`` (at most _BATCH)."""
