@@ -108,6 +108,10 @@ class LiveFeed:
             # Whether it was handed over is decided when publishing: the NOTIFY of this node's
             # own commit often arrives before the writer's hand-off of the same events.
             self._noticed[schema] = head
+            if head <= max(self._published.get(boundary, 0), handed[-1].position.prepare if handed else 0):
+                return  # published or handed over already (the hand-off woke the publisher)
+        else:
+            return  # no news
         wakeup.set()
 
     def start(self) -> None:
@@ -166,17 +170,18 @@ class LiveFeed:
             wakeup.clear()
             events = self._take_handed(schema, published)
             if not events and not unread and schema not in self._unread:
-                if self._noticed.get(schema, 0) <= published:
+                if self._handed[schema]:
+                    unread = True  # a gap before what was handed over: other nodes' commits
+                elif self._noticed.get(schema, 0) <= published:
                     awaited = 0.0
-                elif not self._handed[schema] and self._writing(schema) and (
-                        not awaited or time.monotonic() - awaited < _HANDOFF_WAIT):
+                elif self._writing(schema) and (not awaited or time.monotonic() - awaited < _HANDOFF_WAIT):
                     # Most likely the NOTIFY of this node's own commit, ahead of its hand-off:
                     # wait for the hand-off (it wakes us) rather than read those events back.
                     awaited = awaited or time.monotonic()
                     await _wait(wakeup, _HANDOFF_WAIT)
                     continue
                 else:
-                    unread = True  # another node's commits (or a gap): PostgreSQL has them
+                    unread = True  # other nodes' commits: PostgreSQL has them
             if not events and (unread or schema in self._unread):
                 self._unread.discard(schema)
                 awaited = 0.0
