@@ -5,16 +5,26 @@ writer's hand-off or PostgreSQL's NOTIFY of the same commit. Real PostgreSQL, na
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats.js.errors
 import pytest
 
 from orisun._proto import eventstore_pb2 as pb
-from orisun.messaging.feed import decode, stream_name
+from orisun.messaging.feed import FeedPublisher, decode, follow, stream_name
+from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
+from orisun.model import Event, EventToSave, SaveRequest
+from orisun.service.feed import LiveFeed
+from orisun.storage.database import Database
+from orisun.storage.locks import SessionLocks
+from orisun.storage.migrations import migrate
+from orisun.storage.writer import BoundaryWriter
 from tests.support import ServerThread, auth_metadata, wait_for
+from tests.test_failures import wait_async
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,3 +109,77 @@ def test_a_feed_reset_under_unconfirmed_publishes_is_noticed_and_republished(
         positions.append(event.position.prepare)
         assert event.data == f'{{"n": {sequence - 1}}}'
     assert positions == list(range(1, position + 1))
+
+
+
+
+def test_a_notify_ahead_of_the_hand_off_waits_for_it_and_other_nodes_commits_are_read(
+        database: str, tmp_path: Path) -> None:
+    """LiveFeed alone (real PostgreSQL and nats-server, no NOTIFY listener: the test delivers the
+    notifications itself, in the order it wants). A NOTIFY that arrives while this node's writer has
+    the same commit in flight is not read from PostgreSQL: the hand-off follows. A NOTIFY of a commit
+    no hand-off will bring (another node's) is read from PostgreSQL and published."""
+    schema = BOUNDARY
+
+    async def run() -> None:
+        nats_server = EmbeddedNats(NatsServerOptions(host="127.0.0.1", port=0, store_dir=tmp_path / "store",
+                                                     max_payload=1 << 20, username="orisun", password="secret"),
+                                   tmp_path / "run")
+        await nats_server.start()
+        client = await nats_server.connect()
+        db = Database(database, {"orisun_admin": "orisun_admin", BOUNDARY: schema}, pool_size=2)
+        await db.open(10)
+        locks = SessionLocks(database)
+        writing = False
+        handed: list[Event] = []
+        # interval: no safety-net round (which reads PostgreSQL) during the test.
+        feed = LiveFeed(db, FeedPublisher(client, retention=3600, max_backlog=1000), locks, interval=60.0,
+                        writing=lambda _: writing)
+        ours = BoundaryWriter(db, schema, on_commit=lambda _, events: handed.extend(events))
+        others = BoundaryWriter(db, schema)  # another node's writer: nothing handed over
+        try:
+            await migrate(db, "orisun_admin")
+            feed.start()
+            await wait_async(lambda: feed.published(BOUNDARY) is not None, 30, "the feed's owner")
+
+            def save(n: int) -> SaveRequest:
+                return SaveRequest(BOUNDARY, "s", -2, None,
+                                   (EventToSave(str(uuid.uuid4()), "Happened", f'{{"n": {n}}}', "", ()),))
+
+            first = await ours.append(save(0))
+            feed.committed(schema, list(handed))
+            await wait_async(lambda: feed.published(BOUNDARY) == first.position.prepare, 30, "the first write")
+            before = feed.reads
+            for n in range(1, 6):
+                handed.clear()
+                writing = True
+                result = await ours.append(save(n))
+                feed.committed(schema, head=result.position.prepare)  # the NOTIFY, ahead of the hand-off
+                for _ in range(3):  # the publisher's turns while the hand-off is on its way
+                    await asyncio.sleep(0.01)
+                assert feed.reads == before, "read PostgreSQL for a commit the writer was handing over"
+                feed.committed(schema, list(handed))
+                writing = False
+                await wait_async(lambda p=result.position.prepare: feed.published(BOUNDARY) == p,
+                                 30, "the hand-off published")
+            assert feed.reads == before
+            result = await others.append(save(6))
+            feed.committed(schema, head=result.position.prepare)
+            position = result.position.prepare
+            await wait_async(lambda: feed.published(BOUNDARY) == position, 30, "another node's write published")
+            assert feed.reads == before + 1
+            async for item in follow(client, BOUNDARY, 0):
+                event = item.event()
+                assert event is not None and event.data == f'{{"n": {item.position - 1}}}'
+                if item.position == result.position.prepare:
+                    break
+        finally:
+            await feed.close()
+            await ours.close()
+            await others.close()
+            await locks.close()
+            await db.close()
+            await client.close()
+            await nats_server.stop()
+
+    asyncio.run(run())
