@@ -1,6 +1,7 @@
 """The live feed's hand-off from this node's writer (issue #13): the publisher sends what the writer
 handed over from memory and does not read PostgreSQL for it again, whichever arrives first, the
-writer's hand-off or PostgreSQL's NOTIFY of the same commit. Real PostgreSQL, nats-server and gRPC.
+writer's hand-off or PostgreSQL's NOTIFY of the same commit; and publishes that JetStream does not
+acknowledge one by one still end with every event in the feed. Real PostgreSQL, nats-server and gRPC.
 """
 
 from __future__ import annotations
