@@ -194,7 +194,8 @@ class Orisun:
         self.locks = SessionLocks(conninfo, on_lost=self._locks_lost)
         self.feed = LiveFeed(self.db, FeedPublisher(self.nats_client, retention=s.live_feed_retention,
                                                     max_backlog=MAX_FEED_BACKLOG, replicas=replicas), self.locks,
-                             on_published=self._published)
+                             on_published=self._published,
+                             writing=lambda schema: self.events is not None and self.events.writing(schema))
         self.subscriptions = Subscriptions(self.db, self.nats_client, self.locks, publishing=self.feed.owns)
         self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload, on_commit=self._wrote)
         listening = asyncio.Event()

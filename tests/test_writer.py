@@ -186,6 +186,39 @@ def test_pool_sessions_run_without_jit(database: str) -> None:
             async with store.db.pool.connection() as conn:
                 cursor = await conn.execute("SHOW jit")
                 assert await cursor.fetchone() == ("off",)
+        conn = await store.db.connect()  # the writer's own connection is set up the same way
+        try:
+            cursor = await conn.execute("SHOW jit")
+            assert await cursor.fetchone() == ("off",)
+        finally:
+            await conn.close()
+
+    run(database, test)
+
+
+def test_the_writer_keeps_one_connection_and_replaces_it_when_it_drops(database: str) -> None:
+    """The writer sends its groups on a connection of its own (no pool checkout per group); when
+    PostgreSQL ends it (a restart, an operator's pg_terminate_backend), the next group is sent again
+    on a fresh connection and succeeds, stored once."""
+    async def backends(admin: psycopg.AsyncConnection[tuple[object, ...]]) -> set[int]:
+        cursor = await admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND application_name = 'orisun'")
+        return {int(str(row[0])) for row in await cursor.fetchall()}
+
+    async def test(store: Store) -> None:
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as admin:
+            first = await store.writer.append(write("s", [event()]))
+            used = await backends(admin)
+            for _ in range(20):
+                await store.writer.append(write("s", [event()]))
+            assert await backends(admin) == used, "the writer opened connections beyond its own and the pool's"
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND application_name = 'orisun'")
+            last = await store.writer.append(write("s", [event(), event()]))
+            cursor = await admin.execute(sql.SQL("SELECT count(*) FROM {}.events").format(sql.Identifier(SCHEMA)))
+            assert await cursor.fetchone() == (23,)
+        assert last.new_stream_version == 22
+        assert last.position.commit == first.position.commit + 22
 
     run(database, test)
 

@@ -55,21 +55,25 @@ def subject(boundary: str) -> str:
 # could double their size past NATS's max_payload.
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _FIXED = struct.Struct("!qqiqH")  # position, commit position, version, created (µs), tag count
 _LONG = struct.Struct("!I")
 _SHORT = struct.Struct("!H")
 
 
 def encode(event: Event) -> bytes:
-    created = (event.created_at - _EPOCH) // timedelta(microseconds=1)
-    parts = [_FIXED.pack(event.position.prepare, event.position.commit, event.version, created, len(event.tags))]
-    for text in (event.event_id, event.event_type, event.stream, event.data, event.metadata):
-        raw = text.encode()
-        parts += (_LONG.pack(len(raw)), raw)
+    # Unrolled: this runs once per published event, and the loop cost more than the packing.
+    created = (event.created_at - _EPOCH) // _MICROSECOND
+    event_id, event_type, stream = event.event_id.encode(), event.event_type.encode(), event.stream.encode()
+    data, metadata = event.data.encode(), event.metadata.encode()
+    parts = [
+        _FIXED.pack(event.position.prepare, event.position.commit, event.version, created, len(event.tags)),
+        _LONG.pack(len(event_id)), event_id, _LONG.pack(len(event_type)), event_type,
+        _LONG.pack(len(stream)), stream, _LONG.pack(len(data)), data, _LONG.pack(len(metadata)), metadata,
+    ]
     for tag in event.tags:  # keys and values are at most a few hundred bytes (validation)
-        for text in (tag.key, tag.value):
-            raw = text.encode()
-            parts += (_SHORT.pack(len(raw)), raw)
+        key, value = tag.key.encode(), tag.value.encode()
+        parts += (_SHORT.pack(len(key)), key, _SHORT.pack(len(value)), value)
     return b"".join(parts)
 
 
@@ -169,23 +173,27 @@ class FeedPublisher:
         return StreamConfig(name=stream_name(boundary), subjects=[subject(boundary)], storage=StorageType.FILE,
                             max_age=self._retention, first_seq=first if first and first > 1 else None)
 
-    async def publish(self, boundary: str, events: Sequence[Event]) -> None:
+    async def publish(self, boundary: str, events: Sequence[Event], *, confirm: bool = True) -> None:
         """Publish consecutive events; the stream must end just before the first of them.
 
         Raises FeedOutOfStep when it does not (another publisher got there first, or the
-        checkpoint is stale) and Unavailable when NATS does not answer.
+        checkpoint is stale) and Unavailable when NATS does not answer. With ``confirm=False``
+        nothing is awaited: a message JetStream refuses is dropped without a word, and the next
+        confirmed publish (or ``last``) tells where the stream really ends.
         """
         if not events:
             return
-        inbox = await self._ensure_inbox()
         limit = self._client.max_payload - _HEADER_ROOM
         # Only the last message asks for an acknowledgement: each message is stored only if the
         # one before it was (Nats-Expected-Last-Sequence), so the last one's answer speaks for
         # the whole batch, and acknowledging every message cost as much as publishing it.
-        self._next_token += 1
-        token = f"{inbox}.{self._next_token}"
-        future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
-        self._acks[token] = future
+        token = ""
+        future: asyncio.Future[dict[str, object]] | None = None
+        if confirm:
+            inbox = await self._ensure_inbox()
+            self._next_token += 1
+            token = f"{inbox}.{self._next_token}"
+            future = self._acks[token] = asyncio.get_running_loop().create_future()
         try:
             for i, event in enumerate(events):
                 if i and not i % _YIELD_EVERY:
@@ -198,6 +206,8 @@ class FeedPublisher:
                     headers[MARKER_HEADER] = "too-large"
                 reply = token if i == len(events) - 1 else ""
                 await self._client.publish(subject(boundary), payload, reply=reply, headers=headers)
+            if future is None:
+                return
             async with asyncio.timeout(_ACK_TIMEOUT):
                 answer = await future
         except TimeoutError:
@@ -205,12 +215,23 @@ class FeedPublisher:
         except (nats.errors.Error, OSError) as exc:
             raise Unavailable(f"NATS is unavailable ({exc})") from exc
         finally:
-            self._acks.pop(token, None)
+            if token:
+                self._acks.pop(token, None)
         error = answer.get("error")
         if isinstance(error, dict):
             if error.get("err_code") == _WRONG_LAST_SEQUENCE:
                 raise FeedOutOfStep(str(error.get("description")))
             raise Unavailable(f"JetStream refused a live-feed message: {error.get('description')}")
+
+    async def last(self, boundary: str) -> int | None:
+        """The last position the boundary's stream holds; None when the stream is gone."""
+        try:
+            info = await self._js.stream_info(stream_name(boundary))
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"NATS is unavailable ({exc})") from exc
+        return int(info.state.last_seq)
 
     async def _ensure_inbox(self) -> str:
         if self._inbox is None:

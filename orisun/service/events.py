@@ -57,6 +57,11 @@ class EventStore:
             writer = self._writers[schema] = BoundaryWriter(self._db, schema, on_commit=self._on_commit)
         return writer
 
+    def writing(self, schema: str) -> bool:
+        """Whether this node's writer of ``schema`` has a group on its way to PostgreSQL."""
+        writer = self._writers.get(schema)
+        return writer is not None and writer.busy
+
     async def save(self, user: User, request: SaveRequest) -> WriteResult:
         if not user.can_write:
             raise PermissionDenied(f"user {quoted(user.username)} may not write events "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable, Mapping
 
 from loguru import logger
@@ -30,6 +31,14 @@ from orisun.storage.locks import SessionLocks
 _BATCH = 1000  # events read and published per round
 _NEWEST = 2**62  # "up to whatever is committed"
 _MEMORY = 50_000  # events handed over and not yet published; beyond, PostgreSQL is read instead
+# How long the publisher waits for this node's writer to hand over a commit PostgreSQL already
+# reported, before reading it from PostgreSQL (the writer failed after its commit, or the commit
+# was another node's while this node's writer was busy).
+_HANDOFF_WAIT = 0.1
+# A publish asks JetStream to confirm where the stream ends once this many messages or seconds
+# have gone unconfirmed; a quiet feed confirms what it sent after ``interval``.
+_CONFIRM_EVERY = 1000
+_CONFIRM_AFTER = 0.25
 
 
 def feed_lock(schema: str) -> str:
@@ -47,8 +56,12 @@ class LiveFeed:
         *,
         interval: float = 1.0,
         on_published: Callable[[str, list[Event]], None] = lambda schema, events: None,
+        writing: Callable[[str], bool] = lambda schema: False,
     ) -> None:
         self._db = db
+        # Whether this node's writer of a schema has a commit on its way: a NOTIFY seen meanwhile
+        # is most likely of that commit, whose events the writer hands over a moment later.
+        self._writing = writing
         # Told (schema, events) after each publish: this node's subscribers take the events from
         # here, so the publishing node does not also read its own feed back from NATS.
         self._on_published = on_published
@@ -59,10 +72,14 @@ class LiveFeed:
         self._wakeups = {schema: asyncio.Event() for schema in self._boundaries.values()}
         self._boundary_of = {schema: boundary for boundary, schema in self._boundaries.items()}
         self._unread: set[str] = set()  # schemas with commits to read from PostgreSQL to publish
+        # The highest head PostgreSQL's NOTIFY reported per schema: what is beyond the published
+        # position and was not handed over by this node's writer is read from PostgreSQL.
+        self._noticed: dict[str, int] = {}
         self._owned: dict[str, int] = {}  # boundary -> lock generation it was taken in
         self._published: dict[str, int] = {}  # boundary -> last position published (while owned)
         self._handed: dict[str, collections.deque[Event]] = {schema: collections.deque() for schema in self._wakeups}
         self._tasks: list[asyncio.Task[None]] = []
+        self.reads = 0  # reads of PostgreSQL to publish (what was not handed over), for tests and diagnosis
 
     def owns(self, boundary: str) -> bool:
         return self._owned.get(boundary) == self._locks.generation
@@ -85,9 +102,16 @@ class LiveFeed:
                 self._unread.add(schema)
             else:
                 handed.extend(events)
-        elif head is None or head > max(self._published.get(boundary, 0),
-                                        handed[-1].position.prepare if handed else 0):
-            self._unread.add(schema)  # not (all) handed over: PostgreSQL has it
+        elif head is None:
+            self._unread.add(schema)  # anything may have happened: PostgreSQL has it
+        elif head > self._noticed.get(schema, 0):
+            # Whether it was handed over is decided when publishing: the NOTIFY of this node's
+            # own commit often arrives before the writer's hand-off of the same events.
+            self._noticed[schema] = head
+            if head <= max(self._published.get(boundary, 0), handed[-1].position.prepare if handed else 0):
+                return  # published or handed over already (the hand-off woke the publisher)
+        else:
+            return  # no news
         wakeup.set()
 
     def start(self) -> None:
@@ -129,20 +153,45 @@ class LiveFeed:
     async def _publish(self, boundary: str, schema: str, wakeup: asyncio.Event) -> None:
         """Publish until ownership is lost; returns then. Raises Unavailable."""
         published = self._published.get(boundary)
+        resumed = published is not None  # after a pause (NATS away): what was sent is unconfirmed
         if published is None:
             published = await self._publisher.checkpoint(boundary, await read_head(self._db, schema))
             self._published[boundary] = published
         unread = True  # after (re)gaining ownership: recover whatever was not published
+        awaited = 0.0  # when the publisher began waiting for a hand-off the writer has on its way
+        # Messages sent since JetStream last confirmed where the stream ends, and when it did.
+        # Awaiting an acknowledgement for each commit cost more than the rest of its publishing (and
+        # several times NATS's own work); expected-sequence headers keep the stream in order
+        # whatever is confirmed, so confirmation only has to come soon enough to notice that
+        # messages were refused (another owner, a reset stream) and go on from the checkpoint.
+        unconfirmed = 1 if resumed else 0
+        confirmed = 0.0 if resumed else time.monotonic()
         while self.owns(boundary):
             wakeup.clear()
             events = self._take_handed(schema, published)
+            if not events and not unread and schema not in self._unread:
+                if self._handed[schema]:
+                    unread = True  # a gap before what was handed over: other nodes' commits
+                elif self._noticed.get(schema, 0) <= published:
+                    awaited = 0.0
+                elif self._writing(schema) and (not awaited or time.monotonic() - awaited < _HANDOFF_WAIT):
+                    # Most likely the NOTIFY of this node's own commit, ahead of its hand-off:
+                    # wait for the hand-off (it wakes us) rather than read those events back.
+                    awaited = awaited or time.monotonic()
+                    await _wait(wakeup, _HANDOFF_WAIT)
+                    continue
+                else:
+                    unread = True  # other nodes' commits: PostgreSQL has them
             if not events and (unread or schema in self._unread):
                 self._unread.discard(schema)
+                awaited = 0.0
+                self.reads += 1
                 events, _ = await read_range(self._db, schema, Position(0, published), _NEWEST, None, _BATCH)
                 unread = len(events) == _BATCH  # a full batch: there may be more
             if events:
+                confirm = unconfirmed + len(events) >= _CONFIRM_EVERY or time.monotonic() - confirmed >= _CONFIRM_AFTER
                 try:
-                    await self._publisher.publish(boundary, events)
+                    await self._publisher.publish(boundary, events, confirm=confirm)
                 except FeedOutOfStep as exc:
                     # Another node published meanwhile (it held the lock before us), or the
                     # stream was reset: the stream itself says where publishing goes on.
@@ -150,6 +199,11 @@ class LiveFeed:
                     self._published.pop(boundary, None)
                     return
                 published = self._published[boundary] = events[-1].position.prepare
+                awaited = 0.0
+                if confirm:
+                    unconfirmed, confirmed = 0, time.monotonic()
+                else:
+                    unconfirmed += len(events)
                 self._on_published(schema, events)
                 continue
             if not await _wait(wakeup, self._interval):
@@ -157,8 +211,15 @@ class LiveFeed:
                 # case a notification was lost (the safety net).
                 if not await self._locks.check():
                     return
+                if unconfirmed:
+                    last = await self._publisher.last(boundary)
+                    if last != published:
+                        logger.info("Live feed of boundary {!r} ends at position {}, not {} as published; "
+                                    "re-reading its checkpoint", boundary, last, published)
+                        self._published.pop(boundary, None)
+                        return
+                    unconfirmed, confirmed = 0, time.monotonic()
                 unread = True
-
 
     def _take_handed(self, schema: str, published: int) -> list[Event]:
         """The handed-over events that continue the feed after ``published`` (at most _BATCH)."""

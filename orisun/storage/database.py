@@ -86,6 +86,20 @@ class Database:
                 delay = min(delay * 2, 2.0)
         await self.pool.open(wait=True, timeout=max(1.0, deadline - time.monotonic()))
 
+    async def connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        """A connection of its own, set up like the pool's, for a task that keeps one (a writer).
+
+        Raises psycopg.OperationalError when PostgreSQL cannot be reached within POOL_WAIT.
+        """
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, application_name="orisun",
+                                                     connect_timeout=max(2, int(POOL_WAIT)))
+        try:
+            await _configure(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
     async def close(self) -> None:
         await self.pool.close()
 
