@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from orisun.errors import AlreadyExists
-from orisun.model import Criterion, Event, EventToSave, Query, ReadRequest, SaveRequest, Tag, WriteResult
+from orisun.model import Criterion, Event, EventToSave, Position, Query, ReadRequest, SaveRequest, Tag, WriteResult
 from orisun.storage.database import Database
 from orisun.storage.events import read_events
 from orisun.storage.migrations import migrate
@@ -228,5 +228,50 @@ def test_a_big_write_costs_postgresql_cpu_linear_in_its_events(database: str) ->
         small = min([await cost(big(f"small-{i}", 2_000)) for i in range(3)])
         large = await cost(big("large", 20_000))
         assert large < 30 * max(small, 0.02), (small, large)
+
+    run(database, test)
+
+
+def _head_row(conninfo: str) -> tuple[object, ...]:
+    """The head row's position and its tuple's identity (a new tuple on every update)."""
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(sql.SQL("SELECT position, xmin::text, ctid::text FROM {}.head").format(
+            sql.Identifier(SCHEMA))).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_group_that_stores_nothing_leaves_the_head_row_alone(database: str) -> None:
+    """Every refused or idempotent group used to update the head row to the position it already
+    had: a new tuple (and WAL) for nothing. Only a write moves the head now."""
+    async def test(store: Store) -> None:
+        w = write("s", [event(), event()], -1)
+        assert isinstance((await store.group(w))[0], WriteResult)
+        head = _head_row(store.db.conninfo)
+        assert head[0] == 2
+        retry, conflict = await store.group(w, write("s", [event()], 7))
+        assert retry == WriteResult(Position(2, 2), 1)
+        assert isinstance(conflict, AlreadyExists)
+        assert _head_row(store.db.conninfo) == head
+        ok = await store.group(write("s", [event()], 1))
+        assert ok == [WriteResult(Position(3, 3), 2)]
+        assert _head_row(store.db.conninfo)[0] == 3
+
+    run(database, test)
+
+
+def test_a_group_written_in_parts_moves_the_head_to_its_last_position(database: str) -> None:
+    """A subsetQuery on a stream the group wrote earlier makes append_events write the group's
+    earlier events first: the head still ends at the group's last position, positions stay dense."""
+    async def test(store: Store) -> None:
+        subset = Query((Criterion((Tag("k", "v"),)),))
+        first = write("s", [event(), event()], -1)
+        narrowed = SaveRequest(BOUNDARY, "s", 1, subset, (event(),))
+        other = write("t", [event(), event(), event()], -1)
+        outcomes = await store.group(first, narrowed, other)
+        assert outcomes == [WriteResult(Position(2, 2), 1), WriteResult(Position(3, 3), 2),
+                            WriteResult(Position(6, 6), 2)]
+        assert _head_row(store.db.conninfo)[0] == 6
+        assert [e.position.prepare for e in await store.everything()] == [1, 2, 3, 4, 5, 6]
 
     run(database, test)
