@@ -275,3 +275,22 @@ def test_a_group_written_in_parts_moves_the_head_to_its_last_position(database: 
         assert [e.position.prepare for e in await store.everything()] == [1, 2, 3, 4, 5, 6]
 
     run(database, test)
+
+
+def test_each_write_notifies_the_new_head_at_commit(database: str) -> None:
+    """Other nodes learn of writes from the notification on channel orisun_appended (a trigger on
+    the head sent it before migration 0010; append_events' write sends it now): one per group
+    that wrote, with the schema and the new head, none for a group that stored nothing."""
+    with psycopg.connect(database, autocommit=True) as listener:
+        listener.execute("LISTEN orisun_appended")
+
+        async def test(store: Store) -> None:
+            w = write("s", [event(), event()], -1)
+            await store.group(w, write("t", [event()]))
+            await store.group(w, write("s", [event()], 9))  # a retry and a conflict: nothing stored
+            await store.group(write("s", [event()], 1))
+
+        run(database, test)
+        payloads = [json.loads(n.payload) for n in listener.notifies(timeout=10, stop_after=2)]
+        # In commit order: a notification from the middle group would come between these two.
+        assert payloads == [{"schema": SCHEMA, "head": 3}, {"schema": SCHEMA, "head": 4}]

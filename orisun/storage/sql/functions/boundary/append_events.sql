@@ -9,6 +9,11 @@
 --   conflict    the expected version does not hold; r_version = actual, r_detail = 'expected N, actual M'
 -- Positions: the head row is locked FOR UPDATE until commit, so one writer per boundary, across
 -- every Orisun node on this database, assigns dense positions in commit order.
+-- Notification: each head update also sends pg_notify on channel orisun_appended with payload
+-- {"schema": ..., "head": <the new head>}, delivered at commit (never for a rolled-back write):
+-- the node publishing the boundary's live feed learns of writes made through other nodes, and
+-- every node's subscribers learn that events exist even while the feed is down. (A trigger on
+-- the head did this until migration 0010: an after trigger and a second PL/pgSQL call per group.)
 --
 -- Per request (arrays indexed by request): p_streams, p_expected (-1 no stream yet, -2 any, N),
 -- p_subsets (subsetQuery criteria as in last_matching_version, or NULL), p_counts (its number of
@@ -20,8 +25,8 @@
 -- one statement at the end, so a group of many small requests costs a handful of statements,
 -- not a handful per request. Only checks that must see earlier events of the same group in the
 -- tables (a reused id, a subsetQuery on a stream the group already wrote) write those events
--- first. A 1-event group runs four statements: the head lock, the reads, the write, and the
--- trigger's notification (tests/test_writer.py's test_a_lone_append_runs_few_statements).
+-- first. A 1-event group runs three statements: the head lock, the reads, and the write (which
+-- also notifies).
 --
 -- Exact retries (contract section 3; issue #12 made the rule exact):
 -- A request is a retry only if its events are exactly the events of ONE stored write: the
@@ -185,7 +190,11 @@ BEGIN
                  ORDER BY w.stream, w.pos DESC
                 ON CONFLICT (name) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at
             ), moved AS (
+                -- RETURNING is evaluated for every updated row, read or not: the notification
+                -- (see the header) costs no statement of its own.
                 UPDATE head SET position = v_head WHERE singleton
+                RETURNING pg_notify('orisun_appended',
+                                    json_build_object('schema', current_schema(), 'head', v_head)::text)
             )
             INSERT INTO event_tags (key, value, position)
             SELECT tag ->> 0, tag ->> 1, s.position
