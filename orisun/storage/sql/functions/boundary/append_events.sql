@@ -25,7 +25,7 @@
 -- one statement at the end, so a group of many small requests costs a handful of statements,
 -- not a handful per request. Only checks that must see earlier events of the same group in the
 -- tables (a reused id, a subsetQuery on a stream the group already wrote) write those events
--- first. A 1-event group runs three statements: the head lock, the reads, and the write (which
+-- first. A 1-request group runs three statements: the head lock, the reads, and the write (which
 -- also notifies).
 --
 -- Exact retries (contract section 3; issue #12 made the rule exact):
@@ -136,10 +136,11 @@ BEGIN
     -- can make a request reuse an id accepted earlier in the group. Testing each request's ids
     -- against all the group's accepted ids instead (v_ids && g_ids, as 0007 did) compares every
     -- pair: two writes of 10,000 events in one group cost 100 million comparisons. A group of one
-    -- event has none, and skips that subquery.
+    -- request skips that subquery (a sort of all its ids): an id it repeats within itself is
+    -- refused by the service's validation, and would fail the insert either way.
     SELECT coalesce(array_agg(s.name), '{}'), coalesce(array_agg(s.version), '{}'),
            (SELECT coalesce(array_agg(e.event_id), '{}') FROM events e WHERE e.event_id = ANY (p_ids)),
-           CASE WHEN cardinality(p_ids) > 1 THEN
+           CASE WHEN cardinality(p_streams) > 1 THEN
                (SELECT coalesce(array_agg(r.id), '{}')
                   FROM (SELECT u.id FROM unnest(p_ids) AS u (id) GROUP BY u.id HAVING count(*) > 1) r)
            ELSE '{}' END
