@@ -144,7 +144,7 @@ def test_a_whole_group_sent_again_gets_its_results(database: str) -> None:
 
 def test_a_mixed_group_stores_exactly_what_each_accepted_request_sent(database: str) -> None:
     """Refused requests between accepted ones, an early flush (a subsetQuery on a stream the group
-    wrote), repeated and pseudo-tag keys: the set-based store_events pairs each accepted event with
+    wrote), repeated and pseudo-tag keys: append_events' set-based write pairs each accepted event with
     its own content, position and version, and indexes exactly its tags."""
     async def test(store: Store) -> None:
         def tagged(n: int, tags: tuple[Tag, ...]) -> EventToSave:
