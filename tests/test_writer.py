@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from orisun.errors import AlreadyExists
-from orisun.model import Criterion, Event, EventToSave, Query, ReadRequest, SaveRequest, Tag, WriteResult
+from orisun.model import Criterion, Event, EventToSave, Position, Query, ReadRequest, SaveRequest, Tag, WriteResult
 from orisun.storage.database import Database
 from orisun.storage.events import read_events
 from orisun.storage.migrations import migrate
@@ -144,7 +144,7 @@ def test_a_whole_group_sent_again_gets_its_results(database: str) -> None:
 
 def test_a_mixed_group_stores_exactly_what_each_accepted_request_sent(database: str) -> None:
     """Refused requests between accepted ones, an early flush (a subsetQuery on a stream the group
-    wrote), repeated and pseudo-tag keys: the set-based store_events pairs each accepted event with
+    wrote), repeated and pseudo-tag keys: append_events' set-based write pairs each accepted event with
     its own content, position and version, and indexes exactly its tags."""
     async def test(store: Store) -> None:
         def tagged(n: int, tags: tuple[Tag, ...]) -> EventToSave:
@@ -263,3 +263,67 @@ def test_a_big_write_costs_postgresql_cpu_linear_in_its_events(database: str) ->
         assert large < 30 * max(small, 0.02), (small, large)
 
     run(database, test)
+
+
+def _head_row(conninfo: str) -> tuple[object, ...]:
+    """The head row's position and its tuple's identity (a new tuple on every update)."""
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(sql.SQL("SELECT position, xmin::text, ctid::text FROM {}.head").format(
+            sql.Identifier(SCHEMA))).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_group_that_stores_nothing_leaves_the_head_row_alone(database: str) -> None:
+    """Every refused or idempotent group used to update the head row to the position it already
+    had: a new tuple (and WAL) for nothing. Only a write moves the head now."""
+    async def test(store: Store) -> None:
+        w = write("s", [event(), event()], -1)
+        assert isinstance((await store.group(w))[0], WriteResult)
+        head = _head_row(store.db.conninfo)
+        assert head[0] == 2
+        retry, conflict = await store.group(w, write("s", [event()], 7))
+        assert retry == WriteResult(Position(2, 2), 1)
+        assert isinstance(conflict, AlreadyExists)
+        assert _head_row(store.db.conninfo) == head
+        ok = await store.group(write("s", [event()], 1))
+        assert ok == [WriteResult(Position(3, 3), 2)]
+        assert _head_row(store.db.conninfo)[0] == 3
+
+    run(database, test)
+
+
+def test_a_group_written_in_parts_moves_the_head_to_its_last_position(database: str) -> None:
+    """A subsetQuery on a stream the group wrote earlier makes append_events write the group's
+    earlier events first: the head still ends at the group's last position, positions stay dense."""
+    async def test(store: Store) -> None:
+        subset = Query((Criterion((Tag("k", "v"),)),))
+        first = write("s", [event(), event()], -1)
+        narrowed = SaveRequest(BOUNDARY, "s", 1, subset, (event(),))
+        other = write("t", [event(), event(), event()], -1)
+        outcomes = await store.group(first, narrowed, other)
+        assert outcomes == [WriteResult(Position(2, 2), 1), WriteResult(Position(3, 3), 2),
+                            WriteResult(Position(6, 6), 2)]
+        assert _head_row(store.db.conninfo)[0] == 6
+        assert [e.position.prepare for e in await store.everything()] == [1, 2, 3, 4, 5, 6]
+
+    run(database, test)
+
+
+def test_each_write_notifies_the_new_head_at_commit(database: str) -> None:
+    """Other nodes learn of writes from the notification on channel orisun_appended (a trigger on
+    the head sent it before migration 0010; append_events' write sends it now): one per group
+    that wrote, with the schema and the new head, none for a group that stored nothing."""
+    with psycopg.connect(database, autocommit=True) as listener:
+        listener.execute("LISTEN orisun_appended")
+
+        async def test(store: Store) -> None:
+            w = write("s", [event(), event()], -1)
+            await store.group(w, write("t", [event()]))
+            await store.group(w, write("s", [event()], 9))  # a retry and a conflict: nothing stored
+            await store.group(write("s", [event()], 1))
+
+        run(database, test)
+        payloads = [json.loads(n.payload) for n in listener.notifies(timeout=10, stop_after=2)]
+        # In commit order: a notification from the middle group would come between these two.
+        assert payloads == [{"schema": SCHEMA, "head": 3}, {"schema": SCHEMA, "head": 4}]
