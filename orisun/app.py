@@ -50,7 +50,7 @@ from orisun.transport.server import GrpcServer
 # At most this many committed events are republished to a live feed that lost its store (the rest
 # is read from PostgreSQL by whoever needs it).
 MAX_FEED_BACKLOG = 10_000
-# PostgreSQL's channel for "a boundary's head moved" (sql/boundary/0008_notify_appended.sql).
+# PostgreSQL's channel for "a boundary's head moved" (notified by append_events, at commit).
 APPENDED_CHANNEL = "orisun_appended"
 
 

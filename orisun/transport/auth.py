@@ -93,6 +93,8 @@ class Gate:
     def leave(self) -> None:
         self._active -= 1
         if self._active == 0:
+            # A client's next call may already be on its way: quiet counts from the last call seen.
+            self._last_seen = time.monotonic()
             self._idle.set()
 
     def refused(self) -> None:
@@ -101,6 +103,10 @@ class Gate:
     async def close(self, grace: float) -> None:
         """Turn new calls away; wait up to ``grace`` seconds for the running ones and the queued."""
         self.closed = True
+        # Quiet counts from the closing too: with no call running at that instant (between two
+        # calls of a client), calls gRPC has already received must still reach the gate and be
+        # refused, not be cancelled by gRPC's stop().
+        self._last_seen = time.monotonic()
         deadline = time.monotonic() + grace
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
