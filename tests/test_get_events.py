@@ -258,6 +258,20 @@ def test_cursor_is_exclusive(world: World, name: str) -> None:
     assert positions(world, **{name: pos(10, 0)}, direction=pb.DESC) == [7, 6, 5, 4, 3, 2, 1]
 
 
+@pytest.mark.parametrize("big", [2**63 - 1, 2**63, 2**64 - 1])
+def test_cursors_beyond_any_position(world: World, big: int) -> None:
+    """Positions are uint64 on the wire and bigint in PostgreSQL: a cursor past 2**63 - 1 is
+    after every event (ASC: nothing; DESC: everything), never an INTERNAL error."""
+    for cursor in (pos(big, big), pos(big, 0), pos(big, 5)):
+        assert positions(world, from_position=cursor) == []
+        assert positions(world, from_position=cursor, query=query([("item", "apple")])) == []
+        assert positions(world, from_position=cursor, stream=stream("cart-1")) == []
+        assert positions(world, from_position=cursor, direction=pb.DESC) == (
+            ALL[::-1] if cursor.prepare_position in (0, big) else [4, 3, 2, 1])
+        assert positions(world, from_position=cursor, stream=stream("cart-1"), direction=pb.DESC) == (
+            [13, 7, 6, 2, 1] if cursor.prepare_position in (0, big) else [2, 1])
+
+
 def test_both_cursor_names(world: World) -> None:
     assert positions(world, from_position=pos(7, 6), last_retrieved_position=pos(7, 6), count=3) == [7, 8, 9]
     code, details = refused(world, from_position=pos(7, 6), last_retrieved_position=pos(7, 7))

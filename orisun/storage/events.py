@@ -183,6 +183,16 @@ def read_statement(shape: ReadShape) -> bytes:
     ).as_bytes(None)
 
 
+# Positions arrive as uint64 (the proto's type), PostgreSQL's bigint stops at 2**63 - 1. Every
+# stored position is below that, so a larger cursor value compares with every event exactly as
+# 2**63 - 1 does: clamping keeps the answer and makes it a valid int8 parameter.
+_INT8_MAX = 2**63 - 1
+
+
+def _int8(value: int) -> Int8:
+    return Int8(min(value, _INT8_MAX))
+
+
 def build_read(schema: str, request: ReadRequest) -> tuple[bytes, dict[str, object]]:
     """The one SELECT for a GetEvents call on the boundary stored in ``schema``, and its values."""
     asc = request.direction == Direction.ASC
@@ -190,10 +200,10 @@ def build_read(schema: str, request: ReadRequest) -> tuple[bytes, dict[str, obje
     after = request.after
     cursor = after is not None and bool(after.commit or after.prepare)
     if after is not None and cursor:
-        params["commit"] = Int8(after.commit)
-        params["prepare"] = Int8(after.prepare)
+        params["commit"] = _int8(after.commit)
+        params["prepare"] = _int8(after.prepare)
         if not asc:
-            params["below"] = Int8(after.prepare or after.commit)
+            params["below"] = _int8(after.prepare or after.commit)
     query = narrowing(request.query)
     subset = None
     from_version = False
@@ -264,8 +274,8 @@ def build_range(
     the statement and its values."""
     query = narrowing(query)
     params: dict[str, object] = {
-        "prepare": Int8(after.prepare), "commit": Int8(after.commit),
-        "end": Int8(range_end(after, upto, query, limit)), "limit": Int8(limit),
+        "prepare": _int8(after.prepare), "commit": _int8(after.commit),
+        "end": _int8(range_end(after, upto, query, limit)), "limit": Int8(limit),
     }
     if query is not None:
         _tag_params("q", query, params)
