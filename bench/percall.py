@@ -4,7 +4,7 @@ Starts the stack (bench/_stack.py), then for each kind of call sends ``--calls``
 after another from this process and reads the server process's utime+stime from /proc around
 them: what one call costs the server, without the noise of wall-clock throughput.
 
-    python bench/percall.py [--calls 3000] [--rounds 5] [--only save1,get1,tag100] [--bare]
+    python bench/percall.py [--calls 3000] [--rounds 5] [--only save1,save100,get1,tag100] [--bare]
                             [--spy SECONDS [--native]] [--threads]
 
 Each kind runs ``--rounds`` times; the median round is reported, with the range (this machine is
@@ -58,11 +58,12 @@ def threads(pid: int) -> dict[str, float]:
     return found
 
 
-def save_request(stream: str) -> pb.SaveEventsRequest:
+def save_request(stream: str, events: int = 1) -> pb.SaveEventsRequest:
     return pb.SaveEventsRequest(
         boundary=BOUNDARY, stream=pb.SaveStreamQuery(name=stream, expected_version=-2),
         events=[pb.EventToSave(event_id=str(uuid.uuid4()), event_type="MoneyDeposited", data=DATA,
-                               metadata='{"source": "bench"}', tags=[pb.Tag(key="account", value="a-1")])])
+                               metadata='{"source": "bench"}', tags=[pb.Tag(key="account", value="a-1")])
+                for _ in range(events)])
 
 
 @contextlib.contextmanager
@@ -108,6 +109,7 @@ def main() -> None:
         query = pb.Query(criteria=[pb.Criterion(tags=[pb.Tag(key="tenant", value="t-1")])])
         calls = {
             "save1": lambda i: stub.SaveEvents(save_request(f"s-{i % 50}"), metadata=AUTH),
+            "save100": lambda i: stub.SaveEvents(save_request(f"s-{i % 50}", 100), metadata=AUTH),
             "get1": lambda i: stub.GetEvents(pb.GetEventsRequest(boundary=BOUNDARY, count=1), metadata=AUTH),
             "tag100": lambda i: stub.GetEvents(pb.GetEventsRequest(boundary=BOUNDARY, count=1000, query=query),
                                                metadata=AUTH),
