@@ -8,19 +8,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from orisun.errors import PermissionDenied, quoted
-from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult, row_position
+from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult
 from orisun.service import validation
 from orisun.storage.database import Database
-from orisun.storage.events import read_events, read_rows
+from orisun.storage.events import read_events, read_page_rows
 from orisun.storage.writer import BoundaryWriter
-
-# A page of GetEvents is read from PostgreSQL in chunks, so that a page cut by its size does not
-# first load all `count` events (10,000 events of 1 MB would be 10 GB): the first chunk is a whole
-# default page (one statement, as before, for the usual reads), the next ones are sized from the
-# events seen so far to fill what is left, and hold at most MAX_CHUNK events, which bounds the
-# excess when large events follow small ones.
-FIRST_CHUNK = validation.DEFAULT_COUNT
-MAX_CHUNK = 1_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,29 +76,22 @@ class EventStore:
         together (by the sizes ``sink`` reports), except that a page always holds its first event.
         ``sink`` gets the events as rows (EventRow): a page is converted without an Event per row.
 
-        The page is read in chunks, each continuing after the last event read. That is the same
-        page one statement would read: positions are assigned in commit order, so whatever was
-        committed in between comes after every event already read (ASC) or above the cursor (DESC).
+        One statement: PostgreSQL returns the rows while a lower bound of their encoded size stays
+        within ``max_bytes`` (storage's page_statement), so a page cut by its size never loads
+        ``count`` large events; the sink measures the real size and cuts exactly.
         """
         schema = self._read_schema(request)
-        count = request.count or validation.DEFAULT_COUNT
-        read = 0  # events in the sink
-        part = dataclasses.replace(request, count=min(count, FIRST_CHUNK))
-        while True:
-            rows = await read_rows(self._db, schema, part)
-            used = sink.add(rows)
-            read += len(rows)
-            if used > max_bytes:
-                kept = sink.cut(max_bytes)
-                if kept < read:
-                    return Page(kept, truncated=True)
-                # A lone first event larger than max_bytes: kept; whether another follows decides
-                # `truncated`.
-            if len(rows) < part.count or read == count:
-                return Page(read, truncated=False)
-            average = used / read
-            chunk = min(count - read, MAX_CHUNK, int((max_bytes - used) / average) + 1)
-            part = dataclasses.replace(request, after=row_position(rows[-1]), count=max(1, chunk))
+        if request.count == 0:
+            request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
+        rows, cut = await read_page_rows(self._db, schema, request, max_bytes)
+        used = sink.add(rows)
+        if used > max_bytes:
+            kept = sink.cut(max_bytes)
+            if kept < len(rows):
+                return Page(kept, truncated=True)
+            # A lone first event larger than max_bytes: kept; whether another follows decides
+            # `truncated`.
+        return Page(len(rows), truncated=cut)
 
     async def close(self) -> None:
         await asyncio.gather(*(writer.close() for writer in self._writers.values()))
