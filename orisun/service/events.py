@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from orisun.errors import PermissionDenied, quoted
-from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult
+from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult, row_position
 from orisun.service import validation
 from orisun.storage.database import Database
-from orisun.storage.events import read_events, read_page_rows
+from orisun.storage.events import read_events, read_page_rows, read_rows
 from orisun.storage.writer import BoundaryWriter
+
+# A lower bound of what an event's protobuf encoding adds to its data and metadata: the entry's
+# field tag and length (2), event_id (2 + 36), event_type and stream_id (3 each at least: never
+# empty), data's field tag and length (2), the position (2) with both positions (>= 1: 2 each),
+# date_created (2) with its seconds (2). Tags, version and nanos may be absent.
+EVENT_MIN_BYTES = 58
+
+
+
+
+def _min_bytes(data: str, metadata: str, tags: str) -> int:
+    """A lower bound of what data, metadata and tags (JSON text) add to an encoded event: their
+    bytes, and per tag its entry's field tag and length and its key's (the value's are absent
+    when it is empty). As storage counts a large row."""
+    return (len(data.encode()) + len(metadata.encode())
+            + sum(4 + len(key.encode()) + len(value.encode()) for key, value in json.loads(tags)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,22 +93,42 @@ class EventStore:
         together (by the sizes ``sink`` reports), except that a page always holds its first event.
         ``sink`` gets the events as rows (EventRow): a page is converted without an Event per row.
 
-        One statement: PostgreSQL returns the rows while a lower bound of their encoded size stays
-        within ``max_bytes`` (storage's page_statement), so a page cut by its size never loads
-        ``count`` large events; the sink measures the real size and cuts exactly.
+        One statement in the usual case: ``count`` rows, of which PostgreSQL leaves out those
+        larger than ``max_bytes / count`` (the rows below it fit together), telling only their size
+        (storage's read_page_rows). From the first large row on, a second statement reads exactly
+        the events whose sizes, counted low, fit what is left of the page, and the first that does
+        not: a page never holds far more than ``max_bytes``, however large and many its events.
+        Both read the same page one statement would: positions are assigned in commit order, so
+        whatever was committed in between comes after every event already read (ASC) or above
+        the cursor (DESC).
         """
         schema = self._read_schema(request)
         if request.count == 0:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
-        rows, cut = await read_page_rows(self._db, schema, request, max_bytes)
-        used = sink.add(rows)
+        rows = await read_page_rows(self._db, schema, request, max(0, max_bytes) // request.count)
+        first_large = next((i for i, row in enumerate(rows) if row[6] is None), len(rows))
+        read = first_large
+        used = sink.add(cast(list[EventRow], rows[:read]))
+        if read < len(rows) and used <= max_bytes:
+            # Through the first event that surely does not fit (its size counted low) or the end.
+            room = max_bytes - used
+            take = 0
+            for _, _, _, _, _, _, data, metadata, tags, _ in rows[read:]:
+                room -= EVENT_MIN_BYTES + (int(metadata) if data is None else _min_bytes(data, metadata, tags or "[]"))
+                take += 1
+                if room < 0:
+                    break
+            after = row_position(cast(EventRow, rows[read - 1])) if read else request.after
+            more = await read_rows(self._db, schema, dataclasses.replace(request, after=after, count=take))
+            used = sink.add(more)
+            read += len(more)
         if used > max_bytes:
             kept = sink.cut(max_bytes)
-            if kept < len(rows):
+            if kept < read:
                 return Page(kept, truncated=True)
             # A lone first event larger than max_bytes: kept; whether another follows decides
             # `truncated`.
-        return Page(len(rows), truncated=cut)
+        return Page(read, truncated=read < len(rows))
 
     async def close(self) -> None:
         await asyncio.gather(*(writer.close() for writer in self._writers.values()))
