@@ -15,13 +15,11 @@ from orisun.storage.database import Database
 from orisun.storage.events import read_events, read_page_rows, read_rows
 from orisun.storage.writer import BoundaryWriter
 
-# A lower bound of what an event's protobuf encoding adds to its data and metadata: the entry's
-# field tag and length (2), event_id (2 + 36), event_type and stream_id (3 each at least: never
-# empty), data's field tag and length (2), the position (2) with both positions (>= 1: 2 each),
-# date_created (2) with its seconds (2). Tags, version and nanos may be absent.
-EVENT_MIN_BYTES = 58
-
-
+# A lower bound of what an event's protobuf encoding adds to its data, metadata and tags: the
+# entry's field tag and length (2), event_id (2 + 36), event_type and stream_id (3 each at least:
+# never empty), the position (2) with both positions (>= 1: 2 each), date_created (2) with its
+# seconds (2). Data's and metadata's field tags and lengths, version and nanos may be absent.
+EVENT_MIN_BYTES = 56
 
 
 def _min_bytes(data: str, metadata: str, tags: str) -> int:
