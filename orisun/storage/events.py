@@ -233,15 +233,17 @@ async def read_rows(db: Database, schema: str, request: ReadRequest) -> list[Eve
 # --- Pages that never load `count` large events --------------------------------------------------
 # A GetEvents page holds at most `count` events and `max_bytes` (the gRPC message limit). It is
 # read with one statement in the usual case: `count` rows, but a row whose data, metadata and
-# stored tags together pass %(large)s bytes (max_bytes / count: rows below it fit the page
-# together, whatever their number) comes without them: data NULL, and in metadata a lower bound
-# of its size: the octet length of its data and metadata, plus 4 + len(key) + len(value) per tag
-# (what a tag costs at least in protobuf). octet_length and pg_column_size read only the header
-# of a TOASTed value, so a large event's data is not loaded. The caller then reads exactly the events that
-# can fit, by those sizes (see EventStore.read_page): a page with a large event takes two
-# statements and still never holds far more than `max_bytes`. The per-row CASEs cost PostgreSQL
-# nothing measurable on 1,000-row pages, where a window function keeping a running sum of sizes
-# (a first design) cost ~0.6 us per row, more than the second statement it saved.
+# stored tags together pass %(large)s bytes (max_bytes / count, so that the rows below it hold
+# about max_bytes together, whatever their number: their ids, type and stream name are not
+# counted, nor their tags' compression) comes without them: data NULL, and in metadata a lower
+# bound of its encoded size: the octet length of its data and metadata, plus 4 + len(key) +
+# len(value) per tag (what a tag costs at least in protobuf). octet_length and pg_column_size
+# read only the header of a TOASTed value, so a large event's data is not loaded. The caller then
+# reads exactly the events that can fit, by those sizes (see EventStore.read_page): a page with a
+# large event takes two statements and still never holds far more than `max_bytes`. The per-row
+# CASEs cost PostgreSQL nothing measurable on 1,000-row pages, where a window function keeping a
+# running sum of sizes (a first design) cost ~0.6 us per row, more than the second statement it
+# saved.
 _LARGE = sql.SQL("octet_length(e.data) + octet_length(e.metadata) + pg_column_size(e.tags) > %(large)s")
 _PAGE_COLUMNS = sql.SQL(
     "e.position, e.commit_position, e.stream_name, e.stream_version, e.event_id::text, e.event_type, "
