@@ -18,7 +18,7 @@ import pytest
 
 from orisun.model import Criterion, Direction, EventToSave, Position, Query, ReadRequest, SaveRequest, Tag
 from orisun.storage.database import Database
-from orisun.storage.events import build_range, build_read, read_range, read_rows
+from orisun.storage.events import build_page, build_range, build_read, read_range, read_rows
 from orisun.storage.migrations import migrate
 from orisun.storage.writer import BoundaryWriter
 
@@ -56,6 +56,8 @@ READS = [
 def test_every_placeholder_has_its_value() -> None:
     for request in READS:
         statement, params = build_read(SCHEMA, request)
+        assert set(PLACEHOLDER.findall(statement)) == {name.encode() for name in params}, request
+        statement, params = build_page(SCHEMA, request, 1000)
         assert set(PLACEHOLDER.findall(statement)) == {name.encode() for name in params}, request
     for q in (None, query((("tenant", "t-1"),)), query((("a", "1"), ("b", "2")), (("c", "3"),))):
         statement, params = build_range(SCHEMA, Position(4, 4), 100, q, 10)
@@ -166,6 +168,7 @@ def test_generic_plans_use_the_indexes(database: str) -> None:
         if conn.info.server_version < 160000:
             pytest.skip("EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16 or later")
         statements = [build_read(SCHEMA, request)[0] for request in READS]
+        statements += [build_page(SCHEMA, request, 1000)[0] for request in READS]  # GetEvents' pages
         statements += [build_range(SCHEMA, Position(4, 4), 100, q, 10)[0]
                        for q in (None, query((("tenant", "t-1"),)), query((("a", "1"),), (("c", "3"), ("d", "4"))))]
         for statement in statements:

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from orisun.errors import PermissionDenied, quoted
 from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult, row_position
 from orisun.service import validation
 from orisun.storage.database import Database
-from orisun.storage.events import read_events, read_rows
+from orisun.storage.events import read_events, read_page_rows, read_rows
 from orisun.storage.writer import BoundaryWriter
 
-# A page of GetEvents is read from PostgreSQL in chunks, so that a page cut by its size does not
-# first load all `count` events (10,000 events of 1 MB would be 10 GB): the first chunk is a whole
-# default page (one statement, as before, for the usual reads), the next ones are sized from the
-# events seen so far to fill what is left, and hold at most MAX_CHUNK events, which bounds the
-# excess when large events follow small ones.
-FIRST_CHUNK = validation.DEFAULT_COUNT
-MAX_CHUNK = 1_000
+# A lower bound of what an event's protobuf encoding adds to its data, metadata and tags: the
+# entry's field tag and length (2), event_id (2 + 36), event_type and stream_id (3 each at least:
+# never empty), the position (2) with both positions (>= 1: 2 each), date_created (2) with its
+# seconds (2). Data's and metadata's field tags and lengths, version and nanos may be absent.
+EVENT_MIN_BYTES = 56
+
+
+def _min_bytes(data: str, metadata: str, tags: str) -> int:
+    """A lower bound of what data, metadata and tags (JSON text) add to an encoded event: their
+    bytes, and per tag its entry's field tag and length and its key's (the value's are absent
+    when it is empty). As storage counts a large row."""
+    return (len(data.encode()) + len(metadata.encode())
+            + sum(4 + len(key.encode()) + len(value.encode()) for key, value in json.loads(tags)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,29 +96,42 @@ class EventStore:
         together (by the sizes ``sink`` reports), except that a page always holds its first event.
         ``sink`` gets the events as rows (EventRow): a page is converted without an Event per row.
 
-        The page is read in chunks, each continuing after the last event read. That is the same
-        page one statement would read: positions are assigned in commit order, so whatever was
-        committed in between comes after every event already read (ASC) or above the cursor (DESC).
+        One statement in the usual case: ``count`` rows, of which PostgreSQL leaves out those
+        larger than ``max_bytes / count`` (the rows below it fit together), telling only their size
+        (storage's read_page_rows). From the first large row on, a second statement reads exactly
+        the events whose sizes, counted low, fit what is left of the page, and the first that does
+        not: a page never holds far more than ``max_bytes``, however large and many its events.
+        Both read the same page one statement would: positions are assigned in commit order, so
+        whatever was committed in between comes after every event already read (ASC) or above
+        the cursor (DESC).
         """
         schema = self._read_schema(request)
-        count = request.count or validation.DEFAULT_COUNT
-        read = 0  # events in the sink
-        part = dataclasses.replace(request, count=min(count, FIRST_CHUNK))
-        while True:
-            rows = await read_rows(self._db, schema, part)
-            used = sink.add(rows)
-            read += len(rows)
-            if used > max_bytes:
-                kept = sink.cut(max_bytes)
-                if kept < read:
-                    return Page(kept, truncated=True)
-                # A lone first event larger than max_bytes: kept; whether another follows decides
-                # `truncated`.
-            if len(rows) < part.count or read == count:
-                return Page(read, truncated=False)
-            average = used / read
-            chunk = min(count - read, MAX_CHUNK, int((max_bytes - used) / average) + 1)
-            part = dataclasses.replace(request, after=row_position(rows[-1]), count=max(1, chunk))
+        if request.count == 0:
+            request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
+        rows = await read_page_rows(self._db, schema, request, max(0, max_bytes) // request.count)
+        first_large = next((i for i, row in enumerate(rows) if row[6] is None), len(rows))
+        read = first_large
+        used = sink.add(cast(list[EventRow], rows[:read]))
+        if read < len(rows) and used <= max_bytes:
+            # Through the first event that surely does not fit (its size counted low) or the end.
+            room = max_bytes - used
+            take = 0
+            for _, _, _, _, _, _, data, metadata, tags, _ in rows[read:]:
+                room -= EVENT_MIN_BYTES + (int(metadata) if data is None else _min_bytes(data, metadata, tags or "[]"))
+                take += 1
+                if room < 0:
+                    break
+            after = row_position(cast(EventRow, rows[read - 1])) if read else request.after
+            more = await read_rows(self._db, schema, dataclasses.replace(request, after=after, count=take))
+            used = sink.add(more)
+            read += len(more)
+        if used > max_bytes:
+            kept = sink.cut(max_bytes)
+            if kept < read:
+                return Page(kept, truncated=True)
+            # A lone first event larger than max_bytes: kept; whether another follows decides
+            # `truncated`.
+        return Page(read, truncated=read < len(rows))
 
     async def close(self) -> None:
         await asyncio.gather(*(writer.close() for writer in self._writers.values()))
