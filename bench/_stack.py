@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 
 AUTH = [("authorization", "Basic " + base64.b64encode(b"admin:changeit").decode())]
 

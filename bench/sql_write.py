@@ -29,8 +29,8 @@ import psycopg
 from loguru import logger
 from psycopg import sql
 
+from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.storage.database import Database
-from orisun.storage.embedded import EmbeddedPostgres
 from orisun.storage.migrations import migrate
 
 SCHEMA = "bench"

@@ -25,14 +25,15 @@ from nats.aio.client import Client as NatsClient
 
 from orisun import __version__, tls
 from orisun.aio import cancel_and_wait
-from orisun.bundle import unpack_bundled_binaries
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.dashboard import Dashboard
 from orisun.errors import ConfigError, StartupError
 from orisun.messaging.feed import FeedPublisher
-from orisun.messaging.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.messaging.pubsub import PubSub
 from orisun.model import Event
+from orisun.runtime.bundle import unpack_bundled_binaries
+from orisun.runtime.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
+from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
 from orisun.service.monitor import Monitor
@@ -40,7 +41,6 @@ from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
 from orisun.storage.database import Database, describe
-from orisun.storage.embedded import EmbeddedPostgres, find_postgres_bindir
 from orisun.storage.locks import SessionLocks
 from orisun.storage.migrations import migrate
 from orisun.storage.notifications import listen

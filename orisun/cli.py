@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from orisun import __version__
-from orisun.bundle import follow_bootloader
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings, help_text, load_settings
 from orisun.errors import ConfigError, StartupError
 from orisun.logs import setup_logging
+from orisun.runtime.bundle import follow_bootloader
 from orisun.tls import trusts_itself
 
 if TYPE_CHECKING:

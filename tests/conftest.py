@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import LoopThread, ServerThread, fresh_database, server_settings, shared_tmpdir
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -21,7 +21,7 @@ import pytest
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun.config import parse_boundaries
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.brief import BRIEF_GET_EVENTS, BRIEF_SAVE_EVENTS
 from tests.support import ServerThread, auth_metadata, basic, grpcurl, running_server
 

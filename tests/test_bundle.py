@@ -1,4 +1,4 @@
-"""orisun.bundle: the executable's binaries archive is extracted once per build into the data dir.
+"""orisun.runtime.bundle: the executable's binaries archive is extracted once per build into the data dir.
 
 The executable's own tests (test_executable.py) run the real thing; these pin the extraction's
 edge cases, with an archive laid out like the one packaging/orisun.spec writes and PyInstaller's
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orisun.bundle import ARCHIVE_PREFIX, bundled_archive, unpack_bundled_binaries
+from orisun.runtime.bundle import ARCHIVE_PREFIX, bundled_archive, unpack_bundled_binaries
 
 pytestmark = pytest.mark.timeout(30)
 

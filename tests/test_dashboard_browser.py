@@ -30,7 +30,7 @@ from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.config import parse_boundaries
 from orisun.model import Role
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import ADMIN, ServerThread, StreamReader, auth_metadata, running_server, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")

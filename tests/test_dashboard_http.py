@@ -30,7 +30,7 @@ import pytest
 import orisun
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import ADMIN, ServerThread, StreamReader, auth_metadata, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -26,7 +26,7 @@ import pytest
 
 import orisun
 from orisun._proto import eventstore_pb2 as pb
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import ADMIN, ServerThread, auth_metadata, running_server, wait_for
 from tests.test_dashboard_http import USER_KEYS, Client, Response, assert_error, assert_no_traceback, logged_in, ok
 

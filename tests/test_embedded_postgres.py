@@ -20,7 +20,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orisun.errors import StartupError
-from orisun.storage.embedded import EmbeddedPostgres, find_postgres_bindir
+from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_ROOT = os.name == "posix" and os.geteuid() == 0
@@ -132,7 +132,7 @@ def test_secrets_and_access(data_dir: Path) -> None:
 CRASHING_ORISUN = """
 import asyncio, sys
 from pathlib import Path
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 
 async def main():
     postgres = EmbeddedPostgres(Path(sys.argv[1]))

@@ -26,7 +26,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 import build
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.brief import (
     BRIEF_GET_EVENTS,
     BRIEF_PUBLISH,

@@ -26,7 +26,7 @@ from psycopg import sql
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import LoopThread, ServerThread, server_settings, shared_tmpdir, wait_for
 from tests.test_concurrency import AMBIGUOUS, AUTH, BOUNDARIES, BOUNDARY, Write, new_events, read_all, save, verify
 

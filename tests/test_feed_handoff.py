@@ -17,8 +17,8 @@ import pytest
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun.messaging.feed import FeedPublisher, decode, follow, stream_name
-from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
 from orisun.model import Event, EventToSave, SaveRequest
+from orisun.runtime.nats_server import EmbeddedNats, NatsServerOptions
 from orisun.service.feed import LiveFeed
 from orisun.storage.database import Database
 from orisun.storage.locks import SessionLocks

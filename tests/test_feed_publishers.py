@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from orisun.messaging.feed import FeedOutOfStep, FeedPublisher, follow
-from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions
 from orisun.model import Event, Position
+from orisun.runtime.nats_server import EmbeddedNats, NatsServerOptions
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -63,7 +63,7 @@ from psycopg import sql
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun.messaging.pubsub import STREAM as PUBSUB_STREAM
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import ADMIN, ServerThread, auth_metadata, basic, running_server
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(180)]

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from orisun._proto import eventstore_pb2 as pb
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import auth_metadata, running_server
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,7 +21,7 @@ from loguru import logger
 from orisun import errors
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.transport.status import status_of
 from tests.support import ServerThread, auth_metadata, running_server
 

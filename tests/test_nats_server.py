@@ -16,7 +16,7 @@ import nats.errors
 import pytest
 
 from orisun.errors import StartupError
-from orisun.messaging.nats_server import EmbeddedNats, NatsServerOptions, find_nats_server
+from orisun.runtime.nats_server import EmbeddedNats, NatsServerOptions, find_nats_server
 
 PASSWORD = 'p"a$s\\w{o}rd #1'  # JSON and nats-conf special characters on purpose
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orisun.errors import StartupError
-from orisun.process import ChildProcess
+from orisun.runtime.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SLEEP = shutil.which("sleep") or "/bin/sleep"
@@ -210,7 +210,7 @@ def test_a_child_that_never_gets_ready_is_killed(tmp_path: Path) -> None:
 
 PARENT = """
 import asyncio, sys
-from orisun.process import ChildProcess
+from orisun.runtime.process import ChildProcess
 
 async def main():
     child = ChildProcess("orphan-candidate", [sys.argv[1], "60"], user=sys.argv[2] or None)

