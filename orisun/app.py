@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from loguru import logger
 from nats.aio.client import Client as NatsClient
@@ -33,10 +32,10 @@ from orisun.dashboard import Dashboard
 from orisun.errors import ConfigError, StartupError
 from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.pubsub import PubSub
-from orisun.model import Event
 from orisun.runtime.bundle import unpack_bundled_binaries
 from orisun.runtime.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
+from orisun.service.commits import Commits
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
 from orisun.service.monitor import Monitor
@@ -105,6 +104,9 @@ class Orisun:
         self.monitor: Monitor | None = None
         self.dashboard: Dashboard | None = None
         self.pubsub: PubSubService | None = None
+        # Where the writer, the feed publisher and LISTEN report commits; routed to the feed and
+        # the subscriptions once the live-feed phase has made them.
+        self.commits = Commits(settings.boundaries.values())
         self._run_dir: Path | None = None
         self._bundled: Path | None = None
         self._conninfo = ""
@@ -265,17 +267,18 @@ class Orisun:
 
     async def _start_live_feed(self, stops: contextlib.AsyncExitStack) -> None:
         # The live feed: the writer (this node's commits) and LISTEN (every node's) wake the
-        # publisher of the boundary and this node's subscribers.
+        # publisher of the boundary and this node's subscribers, through ``self.commits``.
         s = self.settings
         db, nats_client = self.db_or_fail, self.nats_client
         assert nats_client is not None
         self.locks = SessionLocks(self._conninfo, on_lost=self._locks_lost)
         self.feed = LiveFeed(db, FeedPublisher(nats_client, retention=s.live_feed_retention,
                                                max_backlog=MAX_FEED_BACKLOG, replicas=self._replicas), self.locks,
-                             on_published=self._published,
+                             on_published=self.commits.published,
                              writing=lambda schema: self.events is not None and self.events.writing(schema))
         self.subscriptions = Subscriptions(db, nats_client, self.locks, publishing=self.feed.owns)
-        self.events = EventStore(db, max_event_bytes=s.nats_max_payload, on_commit=self._wrote)
+        self.events = EventStore(db, max_event_bytes=s.nats_max_payload, on_commit=self.commits.written)
+        self.commits.route_to(self.feed, self.subscriptions)
         # None of these started anything yet; their stops are registered now so that they run in
         # this order: the writers first, then the subscriptions, then the feed (what the writers
         # committed is published first), the locks, and last the LISTEN that wakes them.
@@ -286,7 +289,7 @@ class Orisun:
         stops.push_async_callback(self.events.close)
         listening = asyncio.Event()
         self._appended_listener = asyncio.create_task(
-            listen(self._conninfo, APPENDED_CHANNEL, self._appended, ready=listening), name="orisun-appended"
+            listen(self._conninfo, APPENDED_CHANNEL, self.commits.notified, ready=listening), name="orisun-appended"
         )
         await asyncio.wait_for(listening.wait(), timeout=s.pg_startup_timeout)
         self.feed.start()
@@ -356,35 +359,6 @@ class Orisun:
             return tls.load(files), tls.server_context(files)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
-
-    def _wrote(self, schema: str, events: list[Event]) -> None:
-        """This node's writer committed ``events`` (in position order)."""
-        assert self.feed is not None and self.subscriptions is not None
-        self.feed.committed(schema, events)
-        self.subscriptions.committed(schema, events[-1].position.prepare, events)
-
-    def _published(self, schema: str, events: list[Event]) -> None:
-        """This node published ``events`` to the live feed (its own writes or other nodes')."""
-        assert self.subscriptions is not None
-        self.subscriptions.committed(schema, events[-1].position.prepare, events)
-
-    def _committed(self, schema: str, head: int | None) -> None:
-        """Some node committed events up to ``head`` (None: maybe; check)."""
-        assert self.feed is not None and self.subscriptions is not None
-        self.feed.committed(schema, head=head)
-        self.subscriptions.committed(schema, head)
-
-    def _appended(self, payload: dict[str, Any] | None) -> None:
-        """A notification on APPENDED_CHANNEL (None: the listener reconnected, anything may have moved)."""
-        if self.feed is None or self.subscriptions is None:
-            return
-        if payload is None:
-            for each in self.settings.boundaries.values():
-                self._committed(each, None)
-            return
-        schema, head = payload.get("schema"), payload.get("head")
-        if isinstance(schema, str) and isinstance(head, int):
-            self._committed(schema, head)
 
     def _locks_lost(self) -> None:
         if self.subscriptions is not None:
