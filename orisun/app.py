@@ -1,7 +1,9 @@
 """The Orisun server's lifecycle: start its parts in order, run, stop them in reverse.
 
-Start-up order is NATS → PostgreSQL → migrations → users → gRPC, so that nothing serves before
-what it depends on is up. ``stop`` undoes whatever was started, also after a failed start. A
+Start-up runs named phases — run dir → NATS → PostgreSQL → database (and migrations) → users →
+live feed → pub/sub → gRPC → monitor → dashboard — so that nothing serves before what it depends
+on is up. Each phase registers its stops on one ``AsyncExitStack`` as it starts them; ``stop``
+closes that stack, so it undoes exactly what started, in reverse, also after a failed start. A
 child process that dies for good (``fatal``) stops the whole server with exit status 1: Orisun
 never keeps serving half-alive.
 """
@@ -17,8 +19,8 @@ import shutil
 import ssl
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from loguru import logger
 from nats.aio.client import Client as NatsClient
@@ -30,10 +32,10 @@ from orisun.dashboard import Dashboard
 from orisun.errors import ConfigError, StartupError
 from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.pubsub import PubSub
-from orisun.model import Event
 from orisun.runtime.bundle import unpack_bundled_binaries
 from orisun.runtime.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
+from orisun.service.commits import Commits
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
 from orisun.service.monitor import Monitor
@@ -55,6 +57,9 @@ APPENDED_CHANNEL = "orisun_appended"
 
 
 RUN_DIR_PREFIX = "orisun-run-"
+
+# A start-up phase: starts its parts, pushing the stop of each on the stack it is given.
+Phase = Callable[[contextlib.AsyncExitStack], Awaitable[None]]
 
 
 def _remove_stale_run_dirs() -> None:
@@ -98,9 +103,19 @@ class Orisun:
         self.grpc: GrpcServer | None = None
         self.monitor: Monitor | None = None
         self.dashboard: Dashboard | None = None
+        self.pubsub: PubSubService | None = None
+        # Where the writer, the feed publisher and LISTEN report commits; routed to the feed and
+        # the subscriptions once the live-feed phase has made them.
+        self.commits = Commits(settings.boundaries.values())
         self._run_dir: Path | None = None
+        self._bundled: Path | None = None
+        self._conninfo = ""
+        self._replicas = 1
+        self._ssl_context: ssl.SSLContext | None = None
         self._listener: asyncio.Task[None] | None = None
         self._appended_listener: asyncio.Task[None] | None = None
+        # Each phase's stops, pushed as it starts; ``stop`` closes it (in reverse, also after a failed start).
+        self._stack = contextlib.AsyncExitStack()
         self._stopping: asyncio.Event | None = None
         self._stopped = False
 
@@ -113,7 +128,7 @@ class Orisun:
         return self.dashboard.port if self.dashboard else 0
 
     async def start(self) -> None:
-        """Start every part; on failure, stop what started and re-raise."""
+        """Start every phase in order; on failure, stop the phases that started and re-raise."""
         began = time.monotonic()
         self._stopping = asyncio.Event()
         try:
@@ -125,6 +140,36 @@ class Orisun:
         logger.info("Orisun started in {:.2f}s", self.started_in)
 
     async def _start(self) -> None:
+        for name, phase in (
+            ("run-dir", self._start_run_dir),
+            ("nats", self._start_nats),
+            ("postgres", self._start_postgres),
+            ("database", self._start_database),
+            ("users", self._start_users),
+            ("live-feed", self._start_live_feed),
+            ("pubsub", self._start_pubsub),
+            ("grpc", self._start_grpc),
+            ("monitor", self._start_monitor),
+            ("dashboard", self._start_dashboard),
+        ):
+            await self._stack.enter_async_context(self._phase(name, phase))
+
+    @contextlib.asynccontextmanager
+    async def _phase(self, name: str, start: Phase) -> AsyncIterator[None]:
+        """Run the phase ``start``, which registers each stop on ``stops`` right after (or, for a part
+        that can fail half-started, right before) starting what it stops. A phase that fails undoes
+        its own started parts here; the phases before it are undone by ``stop`` closing the stack."""
+        async with contextlib.AsyncExitStack() as stops:
+            logger.debug("Starting phase {}", name)
+            await start(stops)
+            logger.debug("Started phase {}", name)
+            try:
+                yield
+            finally:
+                logger.debug("Stopping phase {}", name)
+        logger.debug("Stopped phase {}", name)
+
+    async def _start_run_dir(self, stops: contextlib.AsyncExitStack) -> None:
         s = self.settings
         # Private to this user; as root only traversable, so the embedded PostgreSQL's unprivileged
         # user can reach its own directory below it.
@@ -133,15 +178,15 @@ class Orisun:
         # Named by pid, so that the next start can remove what a SIGKILLed Orisun left behind.
         _remove_stale_run_dirs()
         self._run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
-        cluster = ClusterOptions(
-            name=s.nats_cluster_name, host=s.nats_cluster_host, port=s.nats_cluster_port,
-            username=s.nats_cluster_username, password=s.nats_cluster_password, routes=s.nats_cluster_routes,
-            timeout=s.nats_cluster_timeout,
-        ) if s.nats_cluster_enabled else None
-        replicas = cluster.replicas if cluster else 1
-        # Run from the executable: its nats-server and PostgreSQL, unpacked once into the data dir.
-        bundled = await asyncio.to_thread(unpack_bundled_binaries, s.data_dir)
+        stops.callback(shutil.rmtree, self._run_dir, ignore_errors=True)
 
+    async def _start_nats(self, stops: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        assert self._run_dir is not None
+        cluster = self._cluster()
+        self._replicas = cluster.replicas if cluster else 1
+        # Run from the executable: its nats-server and PostgreSQL, unpacked once into the data dir.
+        self._bundled = await asyncio.to_thread(unpack_bundled_binaries, s.data_dir)
         self.nats = EmbeddedNats(
             NatsServerOptions(
                 host=s.nats_host,
@@ -154,31 +199,62 @@ class Orisun:
             ),
             self._run_dir,
             on_fatal=self.fatal,
-            binary=find_nats_server(bundled) if bundled else None,
+            binary=find_nats_server(self._bundled) if self._bundled else None,
         )
+        # Registered before start: a server that fails half-started (spawned, never ready) is stopped too.
+        stops.push_async_callback(self.nats.stop)
         await self.nats.start()
         self.nats_client = await self.nats.connect()
+        # The client goes before its server, or it keeps trying to reconnect while NATS stops.
+        stops.push_async_callback(self._close_nats_client)
         logger.info("NATS JetStream listening on {}", self.nats.url)
 
-        conninfo = s.pg_conninfo
-        if conninfo is None:
-            self.postgres = EmbeddedPostgres(s.data_dir, s.pg_embedded_port, on_fatal=self.fatal,
-                                             bindir=find_postgres_bindir(bundled) if bundled else None)
-            await self.postgres.start()
-            conninfo = self.postgres.conninfo
-            logger.info("Embedded PostgreSQL listening on 127.0.0.1:{} (data in {})", self.postgres.port,
-                        s.data_dir / "postgres")
-        self.db = Database(conninfo, s.boundaries, pool_size=s.pg_pool_size)
+    def _cluster(self) -> ClusterOptions | None:
+        s = self.settings
+        if not s.nats_cluster_enabled:
+            return None
+        return ClusterOptions(
+            name=s.nats_cluster_name, host=s.nats_cluster_host, port=s.nats_cluster_port,
+            username=s.nats_cluster_username, password=s.nats_cluster_password, routes=s.nats_cluster_routes,
+            timeout=s.nats_cluster_timeout,
+        )
+
+    async def _close_nats_client(self) -> None:
+        if self.nats_client is not None:
+            with contextlib.suppress(Exception):
+                await self.nats_client.close()
+
+    async def _start_postgres(self, stops: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        if s.pg_conninfo is not None:
+            self._conninfo = s.pg_conninfo
+            return
+        self.postgres = EmbeddedPostgres(s.data_dir, s.pg_embedded_port, on_fatal=self.fatal,
+                                         bindir=find_postgres_bindir(self._bundled) if self._bundled else None)
+        stops.push_async_callback(self.postgres.stop)  # before start, as for NATS
+        await self.postgres.start()
+        self._conninfo = self.postgres.conninfo
+        logger.info("Embedded PostgreSQL listening on 127.0.0.1:{} (data in {})", self.postgres.port,
+                    s.data_dir / "postgres")
+
+    async def _start_database(self, stops: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        self.db = Database(self._conninfo, s.boundaries, pool_size=s.pg_pool_size)
+        stops.push_async_callback(self.db.close)  # before open: the pool may hold connections already
         await self.db.open(s.pg_startup_timeout)
-        logger.info("Connected to PostgreSQL at {}", describe(conninfo))
+        logger.info("Connected to PostgreSQL at {}", describe(self._conninfo))
         await migrate(self.db, s.admin_boundary)
 
-        self.users = Users(UserStore(self.db, s.admin_schema))
+    async def _start_users(self, stops: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        self.users = Users(UserStore(self.db_or_fail, s.admin_schema))
+        stops.push_async_callback(self.users.close)
         listening = asyncio.Event()
         self._listener = asyncio.create_task(
-            listen_for_user_changes(conninfo, s.admin_schema, self.users.forget, ready=listening),
+            listen_for_user_changes(self._conninfo, s.admin_schema, self.users.forget, ready=listening),
             name="orisun-user-changes",
         )
+        stops.push_async_callback(cancel_and_wait, [self._listener])
         await asyncio.wait_for(listening.wait(), timeout=s.pg_startup_timeout)
         await self.users.ensure_admin(s.admin_username, s.admin_password)
         if await self.users.uses_default_password(s.admin_username):
@@ -189,45 +265,86 @@ class Orisun:
                 DEFAULT_ADMIN_PASSWORD,
             )
 
+    async def _start_live_feed(self, stops: contextlib.AsyncExitStack) -> None:
         # The live feed: the writer (this node's commits) and LISTEN (every node's) wake the
-        # publisher of the boundary and this node's subscribers.
-        self.locks = SessionLocks(conninfo, on_lost=self._locks_lost)
-        self.feed = LiveFeed(self.db, FeedPublisher(self.nats_client, retention=s.live_feed_retention,
-                                                    max_backlog=MAX_FEED_BACKLOG, replicas=replicas), self.locks,
-                             on_published=self._published,
+        # publisher of the boundary and this node's subscribers, through ``self.commits``.
+        s = self.settings
+        db, nats_client = self.db_or_fail, self.nats_client
+        assert nats_client is not None
+        self.locks = SessionLocks(self._conninfo, on_lost=self._locks_lost)
+        self.feed = LiveFeed(db, FeedPublisher(nats_client, retention=s.live_feed_retention,
+                                               max_backlog=MAX_FEED_BACKLOG, replicas=self._replicas), self.locks,
+                             on_published=self.commits.published,
                              writing=lambda schema: self.events is not None and self.events.writing(schema))
-        self.subscriptions = Subscriptions(self.db, self.nats_client, self.locks, publishing=self.feed.owns)
-        self.events = EventStore(self.db, max_event_bytes=s.nats_max_payload, on_commit=self._wrote)
+        self.subscriptions = Subscriptions(db, nats_client, self.locks, publishing=self.feed.owns)
+        self.events = EventStore(db, max_event_bytes=s.nats_max_payload, on_commit=self.commits.written)
+        self.commits.route_to(self.feed, self.subscriptions)
+        # None of these started anything yet; their stops are registered now so that they run in
+        # this order: the writers first, then the subscriptions, then the feed (what the writers
+        # committed is published first), the locks, and last the LISTEN that wakes them.
+        stops.push_async_callback(lambda: cancel_and_wait([self._appended_listener]))
+        stops.push_async_callback(self.locks.close)
+        stops.push_async_callback(self.feed.close)
+        stops.push_async_callback(self.subscriptions.close)
+        stops.push_async_callback(self.events.close)
         listening = asyncio.Event()
         self._appended_listener = asyncio.create_task(
-            listen(conninfo, APPENDED_CHANNEL, self._appended, ready=listening), name="orisun-appended"
+            listen(self._conninfo, APPENDED_CHANNEL, self.commits.notified, ready=listening), name="orisun-appended"
         )
         await asyncio.wait_for(listening.wait(), timeout=s.pg_startup_timeout)
         self.feed.start()
 
+    async def _start_pubsub(self, stops: contextlib.AsyncExitStack) -> None:
+        # Nothing to stop: its streams and consumers live in NATS.
+        s = self.settings
+        assert self.nats_client is not None
         pubsub = PubSub(self.nats_client, retention=s.pubsub_retention, ack_wait=s.pubsub_ack_wait,
-                        replicas=replicas)
+                        replicas=self._replicas)
         await pubsub.setup()
-        pubsub_service = PubSubService(pubsub, max_payload=s.nats_max_payload)
-        material, ssl_context = self._tls()
+        self.pubsub = PubSubService(pubsub, max_payload=s.nats_max_payload)
+
+    async def _start_grpc(self, stops: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        assert self.users is not None and self.events is not None and self.subscriptions is not None
+        assert self.pubsub is not None
+        material, self._ssl_context = self._tls()
         self.grpc = GrpcServer(
             self.users,
             self.events,
             self.subscriptions,
-            pubsub_service,
+            self.pubsub,
             host=s.grpc_host,
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,
             tls=material,
         )
+        stops.push_async_callback(self._stop_grpc, self.grpc)  # before start: a failed bind is stopped too
         await self.grpc.start()
 
-        self.monitor = Monitor(self.db, self.nats_client, self.subscriptions)
+    async def _stop_grpc(self, grpc: GrpcServer) -> None:
+        logger.info("Stopping: draining in-flight calls (up to {:g}s)", self.settings.shutdown_timeout)
+        await grpc.stop(self.settings.shutdown_timeout)
+
+    async def _start_monitor(self, stops: contextlib.AsyncExitStack) -> None:
+        assert self.nats_client is not None and self.subscriptions is not None
+        self.monitor = Monitor(self.db_or_fail, self.nats_client, self.subscriptions)
+        stops.push_async_callback(self.monitor.close)
         self.monitor.start()
+
+    async def _start_dashboard(self, stops: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        assert self.users is not None and self.events is not None and self.subscriptions is not None
+        assert self.pubsub is not None and self.monitor is not None
         self.dashboard = Dashboard(users=self.users, events=self.events, subscriptions=self.subscriptions,
-                                   pubsub=pubsub_service, monitor=self.monitor, version=__version__,
-                                   host=s.grpc_host, port=s.admin_port, ssl_context=ssl_context)
+                                   pubsub=self.pubsub, monitor=self.monitor, version=__version__,
+                                   host=s.grpc_host, port=s.admin_port, ssl_context=self._ssl_context)
+        stops.push_async_callback(self.dashboard.stop)
         await self.dashboard.start()
+
+    @property
+    def db_or_fail(self) -> Database:
+        assert self.db is not None, "the database phase runs first"
+        return self.db
 
     def _tls(self) -> tuple[tls.TlsMaterial | None, ssl.SSLContext | None]:
         """The TLS files, read now (load_settings checked them; they may have changed since)."""
@@ -242,35 +359,6 @@ class Orisun:
             return tls.load(files), tls.server_context(files)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
-
-    def _wrote(self, schema: str, events: list[Event]) -> None:
-        """This node's writer committed ``events`` (in position order)."""
-        assert self.feed is not None and self.subscriptions is not None
-        self.feed.committed(schema, events)
-        self.subscriptions.committed(schema, events[-1].position.prepare, events)
-
-    def _published(self, schema: str, events: list[Event]) -> None:
-        """This node published ``events`` to the live feed (its own writes or other nodes')."""
-        assert self.subscriptions is not None
-        self.subscriptions.committed(schema, events[-1].position.prepare, events)
-
-    def _committed(self, schema: str, head: int | None) -> None:
-        """Some node committed events up to ``head`` (None: maybe; check)."""
-        assert self.feed is not None and self.subscriptions is not None
-        self.feed.committed(schema, head=head)
-        self.subscriptions.committed(schema, head)
-
-    def _appended(self, payload: dict[str, Any] | None) -> None:
-        """A notification on APPENDED_CHANNEL (None: the listener reconnected, anything may have moved)."""
-        if self.feed is None or self.subscriptions is None:
-            return
-        if payload is None:
-            for each in self.settings.boundaries.values():
-                self._committed(each, None)
-            return
-        schema, head = payload.get("schema"), payload.get("head")
-        if isinstance(schema, str) and isinstance(head, int):
-            self._committed(schema, head)
 
     def _locks_lost(self) -> None:
         if self.subscriptions is not None:
@@ -294,38 +382,10 @@ class Orisun:
         return self.exit_code
 
     async def stop(self) -> None:
-        """Stop accepting calls, drain in-flight ones, then stop the children. Idempotent."""
+        """Stop accepting calls, drain in-flight ones, then stop the children: the phases that
+        started, in reverse (the dashboard first, NATS last). Idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        if self.dashboard is not None:
-            await self.dashboard.stop()
-        if self.monitor is not None:
-            await self.monitor.close()
-        if self.grpc is not None:
-            logger.info("Stopping: draining in-flight calls (up to {:g}s)", self.settings.shutdown_timeout)
-            await self.grpc.stop(self.settings.shutdown_timeout)
-        if self.events is not None:
-            await self.events.close()
-        if self.subscriptions is not None:
-            await self.subscriptions.close()
-        if self.feed is not None:
-            await self.feed.close()  # after the writers: what they committed is published first
-        if self.locks is not None:
-            await self.locks.close()
-        await cancel_and_wait([self._appended_listener, self._listener])
-        if self.users is not None:
-            await self.users.close()
-        # The client goes before its server, or it keeps trying to reconnect while NATS stops.
-        if self.nats_client is not None:
-            with contextlib.suppress(Exception):
-                await self.nats_client.close()
-        if self.db is not None:
-            await self.db.close()
-        if self.postgres is not None:
-            await self.postgres.stop()
-        if self.nats is not None:
-            await self.nats.stop()
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+        await self._stack.aclose()
         logger.info("Orisun stopped")

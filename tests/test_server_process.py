@@ -17,6 +17,7 @@ from pathlib import Path
 import nats
 import psycopg
 import pytest
+from loguru import logger
 from nats.errors import NoServersError
 
 from orisun.errors import StartupError
@@ -210,14 +211,36 @@ def test_nats_refuses_clients_without_credentials(server: ServerThread) -> None:
         asyncio.run(connect(user=server.settings.nats_username, password="wrong"))
 
 
-def test_a_failed_start_leaves_nothing_running(data_dir: Path, database: str) -> None:
-    settings = server_settings(data_dir, database, grpc_host="256.0.0.1")  # cannot bind
+PHASES = ["run-dir", "nats", "postgres", "database", "users", "live-feed", "pubsub", "grpc", "monitor", "dashboard"]
+
+
+@pytest.mark.parametrize(("failing", "error"), [
+    ("database", "ORISUN_PG"),  # a database that refuses connections
+    ("grpc", "ORISUN_GRPC_PORT"),  # a gRPC address it cannot bind
+])
+def test_a_failed_start_leaves_nothing_running(data_dir: Path, database: str, failing: str, error: str) -> None:
+    """A phase that fails stops the phases started before it, in reverse, and no child survives."""
+    if failing == "database":
+        settings = server_settings(data_dir, f"host=127.0.0.1 port={free_port()} user=nobody dbname=nothing",
+                                   pg_startup_timeout=2.0)
+    else:
+        settings = server_settings(data_dir, database, grpc_host="256.0.0.1")
     server = ServerThread(settings)
-    with pytest.raises(StartupError, match="ORISUN_GRPC_PORT"):
-        server.start()
+    phases: list[str] = []
+    sink = logger.add(lambda message: phases.append(message.record["message"]), level="DEBUG",
+                      filter=lambda record: " phase " in record["message"])
+    try:
+        with pytest.raises(StartupError, match=error):
+            server.start()
+    finally:
+        logger.remove(sink)
+    started = PHASES[:PHASES.index(failing)]
+    assert [m for m in phases if m.startswith("Started phase")] == [f"Started phase {p}" for p in started]
+    assert [m for m in phases if m.startswith("Stopped phase")] == [f"Stopped phase {p}" for p in reversed(started)]
     nats_server = server.app.nats
     assert nats_server is not None
     assert nats_server.pid is None or not alive(nats_server.pid)
+    assert server.app._run_dir is not None and not server.app._run_dir.exists()
     server.stop()
 
 
