@@ -9,7 +9,10 @@ from loguru import logger
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-_INSUFFICIENT_RESOURCES = 10023  # JetStream's error code: not enough servers for the replicas asked
+# JetStream's error codes for "not enough servers for the replicas asked": 10023 (insufficient
+# resources) when too few servers are known, 10005 ("no suitable peers for placement") while the
+# cluster is still forming: the other servers are routed but not yet ready to hold a replica.
+_TOO_FEW_SERVERS = frozenset({10023, 10005})
 
 
 async def add_or_update_stream(js: JetStreamContext, config: StreamConfig, replicas: int, *, update: bool) -> None:
@@ -24,7 +27,7 @@ async def add_or_update_stream(js: JetStreamContext, config: StreamConfig, repli
             else:
                 await js.add_stream(candidate)
         except nats.js.errors.APIError as exc:
-            if exc.err_code != _INSUFFICIENT_RESOURCES or count == 1:
+            if exc.err_code not in _TOO_FEW_SERVERS or count == 1:
                 raise
             continue
         if count < replicas:
