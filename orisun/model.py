@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 class Role(StrEnum):
@@ -122,22 +125,34 @@ EventRow = tuple[int, int, str, int, str, str, str, str, str, int]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+class TextCache(dict[str, _T]):
+    """Values made from texts that recur (the JSON text of an event's tags): a dict, so a lookup
+    is ``.get``, kept bounded by ``keep``: cleared when it holds ``max_entries``, and a text longer
+    than ``max_chars`` is not kept at all."""
+
+    def __init__(self, max_entries: int = 4096, max_chars: int = 512) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+
+    def keep(self, text: str, value: _T) -> _T:
+        """``value``, remembered for ``text`` if the bounds allow."""
+        if len(text) <= self.max_chars:
+            if len(self) >= self.max_entries:
+                self.clear()
+            self[text] = value
+        return value
+
+
 # Parsed tags by their JSON text: events share few distinct tag sets, and Tags are immutable, so
-# one tuple serves them all (parsing cost ~1.5 us of an event's ~6). Bounded: cleared when full;
-# long texts are not kept.
-_TAGS: dict[str, tuple[Tag, ...]] = {}
-_TAGS_CACHED = 4096
-_TAGS_CACHED_CHARS = 512
+# one tuple serves them all (parsing cost ~1.5 us of an event's ~6).
+_TAGS: TextCache[tuple[Tag, ...]] = TextCache()
 
 
 def _tags(text: str) -> tuple[Tag, ...]:
     tags = _TAGS.get(text)
     if tags is None:
-        tags = tuple(Tag(key, value) for key, value in json.loads(text))
-        if len(text) <= _TAGS_CACHED_CHARS:
-            if len(_TAGS) >= _TAGS_CACHED:
-                _TAGS.clear()
-            _TAGS[text] = tags
+        tags = _TAGS.keep(text, tuple(Tag(key, value) for key, value in json.loads(text)))
     return tags
 
 

@@ -38,10 +38,8 @@ def test_rows_convert_as_events_do() -> None:
 
 
 def test_the_tags_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(convert, "_TAGS_BYTES", {})
-    monkeypatch.setattr(convert, "_TAGS_CACHED", 3)
-    monkeypatch.setattr(model, "_TAGS", {})
-    monkeypatch.setattr(model, "_TAGS_CACHED", 3)
+    monkeypatch.setattr(convert, "_TAGS_BYTES", model.TextCache(max_entries=3))
+    monkeypatch.setattr(model, "_TAGS", model.TextCache(max_entries=3))
     rows = [(n + 1, n + 1, "s", n, str(uuid.uuid4()), "T", "{}", "", json.dumps([["n", str(n)]]), MICROS)
             for n in range(10)]
     rows.append((11, 11, "s", 10, str(uuid.uuid4()), "T", "{}", "", json.dumps([["x", "y" * 600]]), MICROS))
@@ -50,12 +48,12 @@ def test_the_tags_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [[(t.key, t.value) for t in e.tags] for e in response.events] == [
         [("n", str(n))] for n in range(10)] + [[("x", "y" * 600)]]
     assert 0 < len(convert._TAGS_BYTES) <= 3
-    assert all(len(text) <= convert._TAGS_CACHED_CHARS for text in convert._TAGS_BYTES)
+    assert all(len(text) <= convert._TAGS_BYTES.max_chars for text in convert._TAGS_BYTES)
     for _ in range(2):  # the events made from rows (subscriptions), parsed and then cached
         assert [event_from_row(row).tags for row in rows] == [(Tag("n", str(n)),) for n in range(10)] + [
             (Tag("x", "y" * 600),)]
     assert 0 < len(model._TAGS) <= 3
-    assert all(len(text) <= model._TAGS_CACHED_CHARS for text in model._TAGS)
+    assert all(len(text) <= model._TAGS.max_chars for text in model._TAGS)
 
 
 def test_a_page_in_chunks_is_the_response_with_all_events() -> None:
