@@ -5,9 +5,11 @@ how long a bare ``postgres`` warm start takes on the same machine in the same ru
 a launcher cannot beat). With ``--exe``, the same for built executables (one-file or the
 one-folder's launcher), side by side with ``python -m orisun``; each also gets its idle memory:
 the proportional set size (PSS) of its whole process tree, a few seconds after it serves.
-Prints a small table.
+With ``--workers 1,2`` each is measured with each ``ORISUN_WORKERS`` (a worker is served when the
+port answers; the tree's memory then includes every worker). Prints a
+small table.
 
-    python bench/startup.py [--runs 3] [--exe dist/orisun-linux-amd64 ...]
+    python bench/startup.py [--runs 3] [--workers 1,2] [--exe dist/orisun-linux-amd64 ...]
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ def tree_pss_mib(pid: int) -> float:
     return total_kib / 1024
 
 
-def start_once(command: list[str], data_dir: Path, idle: float = 0.0) -> tuple[float, float]:
+def start_once(command: list[str], data_dir: Path, idle: float = 0.0, workers: int = 1) -> tuple[float, float]:
     """(seconds to SERVING, idle PSS in MiB after ``idle`` seconds; 0 when idle is 0)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
     env.update(ORISUN_DATA_DIR=str(data_dir), ORISUN_GRPC_PORT=str(port), ORISUN_NATS_PORT=str(free_port()),
-               ORISUN_ADMIN_PORT="0",
+               ORISUN_ADMIN_PORT="0", ORISUN_WORKERS=str(workers),
                ORISUN_LOGGING_LEVEL="WARNING")
     began = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,23 +116,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--exe", action="append", default=[], help="an executable to measure too (repeatable)")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds idle before measuring memory")
+    parser.add_argument("--workers", default="1", help="comma-separated ORISUN_WORKERS values to measure")
     args = parser.parse_args()
     commands = {"python -m orisun": [sys.executable, "-m", "orisun"]}
     commands.update({exe: [str(Path(exe).resolve())] for exe in args.exe})
     rows: list[tuple[str, list[float], list[float], list[float]]] = []
-    for name, command in commands.items():
-        firsts, warms, memory = [], [], []
-        for _ in range(args.runs):
-            base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
-            base.chmod(0o755)
-            try:
-                firsts.append(start_once(command, base / "data")[0])
-                elapsed, pss = start_once(command, base / "data", idle=args.idle)
-                warms.append(elapsed)
-                memory.append(pss)
-            finally:
-                shutil.rmtree(base, ignore_errors=True)
-        rows.append((name, firsts, warms, memory))
+    for workers in (int(each) for each in args.workers.split(",")):
+        for name, command in commands.items():
+            firsts, warms, memory = [], [], []
+            for _ in range(args.runs):
+                base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
+                base.chmod(0o755)
+                try:
+                    firsts.append(start_once(command, base / "data", workers=workers)[0])
+                    elapsed, pss = start_once(command, base / "data", idle=args.idle, workers=workers)
+                    warms.append(elapsed)
+                    memory.append(pss)
+                finally:
+                    shutil.rmtree(base, ignore_errors=True)
+            rows.append((f"{name}, {workers} worker{'s' if workers > 1 else ''}", firsts, warms, memory))
     base = Path(tempfile.mkdtemp(prefix="orisun-bench-", dir="/tmp"))
     base.chmod(0o755)
     try:
