@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -152,6 +153,10 @@ def test_sigterm_drains_every_worker_exits_0_and_leaves_nothing(database: str, d
         # One feed publisher per boundary for the whole node (the supervisor's: it starts first).
         for boundary in ("orders", "orisun_admin"):
             assert process.output.count(f"now publishes the live feed of boundary '{boundary}'") == 1, process.output
+        # Writes go on until the stop: each is acknowledged (then stored) or refused, none half-done.
+        writing = PlainWriter(f"127.0.0.1:{port}")
+        writing.start()
+        wait_for(lambda: len(writing.acknowledged) >= 20, 30, "the writer to get going")
         # A subscription stays open through the stop: it is ended, not waited for.
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as open_channel:
             call = pb_grpc.EventStoreStub(open_channel).SubscribeToEvents(
@@ -159,12 +164,42 @@ def test_sigterm_drains_every_worker_exits_0_and_leaves_nothing(database: str, d
             wait_for(lambda: sum(connections(workers, port).values()) >= 1, 10, "the subscription to connect")
             process.proc.send_signal(signal.SIGTERM)
             assert process.wait_exit(60) == 0, process.output
-            with pytest.raises(grpc.RpcError):
-                next(call)
+            with pytest.raises(grpc.RpcError):  # it ends with an error after what it received
+                for _ in call:
+                    pass
         wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child to be gone")
+        writing.join(30)
+        with psycopg.connect(database) as conn:
+            stored = {str(row[0]) for row in conn.execute("SELECT event_id FROM orders.events")}
+        assert set(writing.acknowledged) <= stored, "an acknowledged write was lost in the stop"
         for index in (1, 2):
             assert f"worker {index} stopped (exit code 0)" in process.output, process.output
         assert "Orisun stopped" in process.output
+    finally:
+        process.kill()
+
+
+def test_a_worker_that_keeps_dying_stops_orisun_with_status_1(database: str, data_dir: Path) -> None:
+    """The same budget as nats-server and PostgreSQL: restarted 5 times within a minute, then Orisun
+    stops rather than serve with fewer workers than asked for."""
+    env = {**external_pg_env(database), "ORISUN_DATA_DIR": str(data_dir), "ORISUN_WORKERS": "2",
+           "ORISUN_GRPC_HOST": "127.0.0.1", "ORISUN_GRPC_PORT": str(free_port()), "ORISUN_NATS_PORT": "0",
+           "ORISUN_ADMIN_PORT": "0"}
+    process = OrisunProcess(env)
+    try:
+        process.wait_serving()
+        killed: set[int] = set()
+        while process.proc.poll() is None:
+            for pid in process.workers():
+                if pid not in killed:
+                    killed.add(pid)
+                    os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: process.proc.poll() is not None or set(process.workers()) - killed, 30,
+                     f"a new worker or the end ({len(killed)} killed)\n{process.output}")
+        assert process.wait_exit() == 1, process.output
+        assert "exited 6 times within 60 s" in process.output, process.output
+        assert len(killed) <= 12, f"{len(killed)} kills: the budget is per worker, 5 restarts each"
+        assert not process.children(), "processes left behind"
     finally:
         process.kill()
 
@@ -268,6 +303,29 @@ def test_the_dashboard_counts_the_subscribers_of_every_worker(node: ServerThread
 
 
 # --- A worker killed under load --------------------------------------------------------------------
+
+
+class PlainWriter(threading.Thread):
+    """Appends one event at a time to boundary orders until its calls fail (the server stopped)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(name="plain-writer", daemon=True)
+        self.address = address
+        self.acknowledged: list[str] = []
+
+    def run(self) -> None:
+        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as each:
+            stub = pb_grpc.EventStoreStub(each)
+            while True:
+                event_id = str(uuid.uuid4())
+                request = pb.SaveEventsRequest(
+                    boundary="orders", stream=pb.SaveStreamQuery(name="stop-writer", expected_version=-2),
+                    events=[pb.EventToSave(event_id=event_id, event_type="Stopping", data="{}")])
+                try:
+                    stub.SaveEvents(request, metadata=AUTH, timeout=30)
+                except grpc.RpcError:
+                    return
+                self.acknowledged.append(event_id)
 
 
 class Writer(threading.Thread):

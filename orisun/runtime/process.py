@@ -335,10 +335,12 @@ class ChildProcess:
         self._readers = [asyncio.create_task(self._pump(proc.stdout, self._on_line)),
                          asyncio.create_task(self._pump(proc.stderr, None, relay=self._relay_stderr))]
         if self._stdin is not None and proc.stdin is not None:
-            with contextlib.suppress(ConnectionError):  # a child dead at once: reported by its exit
+            # A child that died at once (killed, or failing before it reads) is reported by its exit;
+            # its closed pipe raises ConnectionError here, or RuntimeError under uvloop.
+            with contextlib.suppress(ConnectionError, RuntimeError):
                 proc.stdin.write(self._stdin)
                 await proc.stdin.drain()
-                proc.stdin.close()
+            proc.stdin.close()
         return proc
 
     async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
