@@ -193,6 +193,23 @@ def postgres(pg_bindir: Path | None = None) -> Iterator[Postgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _serving(server: subprocess.Popen[bytes], address: str, boundary: str) -> bool:
+    """True once an authenticated call succeeds; False if the server exited first."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                pb_grpc.EventStoreStub(channel).GetEvents(pb.GetEventsRequest(boundary=boundary, count=1),
+                                                          metadata=AUTH, timeout=5)
+            return True
+        except grpc.RpcError:
+            if server.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @contextmanager
 def orisun(pg: Postgres, boundary: str, workers: int | None = None, data_dir: Path | None = None) -> Iterator[Stack]:
     """``python -m orisun`` (this tree's) on ``pg`` serving ``boundary``, stopped after.
@@ -201,29 +218,33 @@ def orisun(pg: Postgres, boundary: str, workers: int | None = None, data_dir: Pa
     authenticated call succeeds and ``workers`` processes listen on the port (a server that does
     not know the variable yet has one: reported in ``Stack.serving`` after a short wait)."""
     params = conninfo_to_dict(pg.conninfo)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
-    env.update(ORISUN_DATA_DIR=str(data_dir or pg.base / "data"), ORISUN_GRPC_PORT=str(port),
-               ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
-               ORISUN_PG_HOST="127.0.0.1", ORISUN_PG_PORT=str(params["port"]), ORISUN_PG_USER=str(params["user"]),
-               ORISUN_PG_PASSWORD=str(params["password"]), ORISUN_PG_NAME=str(params["dbname"]),
-               ORISUN_PG_SCHEMAS=boundary, ORISUN_LOGGING_LEVEL=os.environ.get("BENCH_SERVER_LOG", "ERROR"))
-    if workers is not None:
-        env["ORISUN_WORKERS"] = str(workers)
-    server = subprocess.Popen([sys.executable, "-m", "orisun"], env=env)
+    for attempt in range(3):
+        # A port free a moment ago can be taken meanwhile (another client's outgoing connection,
+        # another job on the machine): the server then exits at once, and a new pair of ports is tried.
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
+        env.update(ORISUN_DATA_DIR=str(data_dir or pg.base / "data"), ORISUN_GRPC_PORT=str(port),
+                   ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
+                   ORISUN_PG_HOST="127.0.0.1", ORISUN_PG_PORT=str(params["port"]),
+                   ORISUN_PG_USER=str(params["user"]), ORISUN_PG_PASSWORD=str(params["password"]),
+                   ORISUN_PG_NAME=str(params["dbname"]), ORISUN_PG_SCHEMAS=boundary,
+                   ORISUN_LOGGING_LEVEL=os.environ.get("BENCH_SERVER_LOG", "ERROR"))
+        if workers is not None:
+            env["ORISUN_WORKERS"] = str(workers)
+        server = subprocess.Popen([sys.executable, "-m", "orisun"], env=env)
+        try:
+            started = _serving(server, f"127.0.0.1:{port}", boundary)
+        except BaseException:  # not serving in time, or Ctrl-C: leave nothing running
+            server.kill()
+            server.wait()
+            raise
+        if started or attempt == 2:
+            break
+        print("note: the orisun server exited while starting; trying other ports", file=sys.stderr, flush=True)
     try:
+        if server.poll() is not None:
+            raise RuntimeError(f"the orisun server did not start (exit status {server.returncode})")
         address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with grpc.insecure_channel(address) as channel:
-                    pb_grpc.EventStoreStub(channel).GetEvents(pb.GetEventsRequest(boundary=boundary, count=1),
-                                                              metadata=AUTH, timeout=5)
-                break
-            except grpc.RpcError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.1)
         # A worker that is not listening yet would leave the load to the others.
         wanted = workers or 1
         settle = time.monotonic() + (30 if wanted > 1 else 0)
