@@ -115,6 +115,15 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def name_of(pid: int) -> str:
+    """The process's command name ("" once it exited)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return text[text.index("(") + 1:text.rindex(")")]
+
+
 def listeners(port: int) -> set[int]:
     """Pids holding a listening TCP socket on ``port``: with workers, one per worker (SO_REUSEPORT)."""
     inodes: set[str] = set()

@@ -368,7 +368,7 @@ def print_live(r: dict[str, Any]) -> None:
     flag = "  client-bound?" if r["busiest_receiver_pct"] >= BUSY_PCT or r["writer_cpu_pct"] >= BUSY_PCT else ""
     print(f"  {r['system']:7}{r['subscribers']:>5}{r['acked']:>8,}{r['skipped']:>8,}{r['failed']:>7,}"
           f"{r['achieved']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.1f}"
-          f"{r['missing']:>8}{r['duplicated']:>5}{r['unordered']:>6}{r['early']:>7,}"
+          f"{r['missing']:>8,}{r['duplicated']:>6,}{r['unordered']:>7,}{r['early']:>9,}"
           f"{r['receiver_cpu_pct']:>7.0f}%/{r['processes']}{r['busiest_receiver_pct']:>5.0f}%"
           f"{r['writer_cpu_pct']:>6.0f}%{flag}", flush=True)
 
@@ -478,7 +478,7 @@ def main() -> None:
                   f"{args.in_flight} in flight, else skipped); latency = append acknowledged -> arrival at each "
                   "subscriber")
             print(f"  {'system':7}{'subs':>5}{'acked':>8}{'skipped':>8}{'failed':>7}{'ev/s':>10}{'p50 ms':>9}"
-                  f"{'p99 ms':>9}{'max ms':>9}{'missing':>8}{'dup':>5}{'order':>6}{'early':>7}"
+                  f"{'p99 ms':>9}{'max ms':>9}{'missing':>8}{'dup':>6}{'order':>7}{'early':>9}"
                   f"{'recv CPU/procs':>15}{'max':>5}{'writer':>7}")
             rows = []
             for count in counts:
@@ -499,10 +499,10 @@ def main() -> None:
                       f"{ours['missing']}/{ours['duplicated']}/{ours['unordered']} (must be 0/0/0)")
 
         if args.only != "live":
-            print(f"\nCatch-up from position 0 over {events:,} events", flush=True)
+            print(f"\nCatch-up from position 0 (--events {events:,} loaded, after the live runs' events)", flush=True)
             loaded = s.loop.run_until_complete(load(s.address, events))
             total = _head(s.conninfo)
-            print(f"  (loaded in {loaded:.0f} s, {events / loaded:,.0f} events/s; head {total:,})", flush=True)
+            print(f"  (loaded in {loaded:.0f} s, {events / loaded:,.0f} events/s; {total:,} events in all)", flush=True)
             with psycopg.connect(s.conninfo, autocommit=True) as conn:
                 conn.execute("VACUUM ANALYZE")  # what autovacuum would have done by now
             raw = subscribe = float("inf")
