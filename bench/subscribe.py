@@ -4,10 +4,12 @@
 ``--seconds`` (30), open loop: each call is due at its time whether or not earlier ones have
 returned; a call due while ``--in-flight`` (64) are outstanding is *skipped* and counted (an
 overloaded server shows as skipped appends, a lower achieved rate and higher latency). The writer
-spreads its calls over ``--writer-channels`` (4) connections. Subscribers (1, then 50; each
-SubscribeToEvents on its own gRPC channel and connection, so that with workers they spread over
-the worker processes) run in ``--receiver-processes`` (4) client processes, so that the client
-side is not what limits delivery; each process's CPU use is printed. Latency is from the moment
+spreads its calls over ``--writer-channels`` (8) connections. Subscribers (1, then 50; each
+SubscribeToEvents on its own connection, so that with workers they spread over the worker
+processes) run in ``--receiver-processes`` (4) client processes, read by a minimal HTTP/2 client
+(bench/_h2count.py; Python gRPC costs 40-60 µs of CPU per streamed message here, which at 50
+subscribers x 1,000 events/s is more than the machine has): the client side is not what limits
+delivery, and each process's CPU use is printed. Latency is from the moment
 the writer received the SaveEvents acknowledgement to the event's arrival at each subscriber
 (``time.time_ns()`` in both processes: one system-wide clock). An event can arrive before its
 acknowledgement does (counted as "early", latency negative). Every subscriber's sequence is
@@ -18,9 +20,10 @@ at the same rate, received by as many LISTEN connections, spread over as many pr
 **Catch-up.** Loads ``--events`` events (1,000,000; 5,000 per SaveEvents call), then one
 SubscribeToEvents from position 0 in its own process, counting messages until the last event:
 events/s beside the raw page scan in the same run (the page queries Orisun's catch-up issues,
-storage.events.build_range, through plain psycopg), and the ratio. The receiver reads raw bytes
-(a generic stream call with no response deserializer: no protobuf parsing per message) and
-reports its CPU time over the wall time: well below 100% of a core shows it is not the bound.
+storage.events.build_range, through plain psycopg), and the ratio. The receiver counts messages
+off the socket (bench/_h2count.py: gRPC length prefixes walked, no message parsed; ``--receiver
+grpc``: a Python gRPC stream call without a response deserializer) and reports its CPU time over
+the wall time: well below 100% of a core shows it is not the bound.
 Then where the time goes: the same pages read with Orisun's own storage function (rows to model
 objects) and the model-to-proto conversion plus serialisation, each timed alone in this process.
 
@@ -458,7 +461,7 @@ def main() -> None:
     parser.add_argument("--subscribers", default="1,50", help="subscriber counts to measure (default 1,50)")
     parser.add_argument("--receiver-processes", type=int, default=4, help="client processes for the subscribers")
     parser.add_argument("--in-flight", type=int, default=64, help="appends outstanding before one is skipped")
-    parser.add_argument("--writer-channels", type=int, default=4, help="connections the writer spreads appends over")
+    parser.add_argument("--writer-channels", type=int, default=8, help="connections the writer spreads appends over")
     parser.add_argument("--events", type=int, help="events for the catch-up run (default 1,000,000, quick 50,000)")
     parser.add_argument("--receiver", choices=("h2", "grpc"), default="h2",
                         help="subscribers' client: bare HTTP/2 reader (default, cheap) or Python gRPC")
@@ -480,6 +483,13 @@ def main() -> None:
             print(f"  {'system':7}{'subs':>5}{'acked':>8}{'skipped':>8}{'failed':>7}{'ev/s':>10}{'p50 ms':>9}"
                   f"{'p99 ms':>9}{'max ms':>9}{'missing':>8}{'dup':>6}{'order':>7}{'early':>9}"
                   f"{'recv CPU/procs':>15}{'max':>5}{'writer':>7}")
+            # A short unreported run first: the server's first appends pay for connections,
+            # prepared statements and caches, which is start-up, not the steady state measured.
+            warm = Schedule(args.rate, min(3.0, seconds), args.in_flight, args.writer_channels)
+            for system, target in (("orisun", s.address), ("raw", s.conninfo)):
+                result = live(system, target, s.conninfo, 1, 1, warm, args.receiver)
+                print(f"  (warm-up, not reported: {system} {result['acked']:,} acked, {result['skipped']:,} skipped, "
+                      f"p99 {result['p99_ms']:.1f} ms)", flush=True)
             rows = []
             for count in counts:
                 for system, target in (("orisun", s.address), ("raw", s.conninfo)):
