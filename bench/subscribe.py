@@ -515,10 +515,10 @@ def main() -> None:
             print(f"  (loaded in {loaded:.0f} s, {events / loaded:,.0f} events/s; {total:,} events in all)", flush=True)
             with psycopg.connect(s.conninfo, autocommit=True) as conn:
                 conn.execute("VACUUM ANALYZE")  # what autovacuum would have done by now
-            raw = subscribe = float("inf")
+            scan = subscribe = float("inf")
             cpu = 0.0
             for _ in range(2):  # best of two each, interleaved: the first of each warms caches
-                raw = min(raw, raw_scan(s.conninfo, total))
+                scan = min(scan, raw_scan(s.conninfo, total))
                 took, used = catch_up(s.address, total, args.receiver)
                 if took < subscribe:
                     subscribe, cpu = took, used
@@ -526,10 +526,10 @@ def main() -> None:
             print(f"  SubscribeToEvents: {total / subscribe:10,.0f} events/s ({subscribe:.1f} s); receiving "
                   f"process CPU {100 * cpu / subscribe:.0f}% of a core"
                   f"{'  client-bound?' if 100 * cpu / subscribe >= BUSY_PCT else ''}")
-            print(f"  raw psycopg pages: {total / raw:10,.0f} events/s ({raw:.1f} s)")
-            print(f"  Orisun/raw: {raw / subscribe:.2f} (target 0.25)")
-            print(f"  where the time goes, per event: PostgreSQL {raw / total * 1e6:.1f} µs, rows to model "
-                  f"{(read - raw) / total * 1e6:.1f} µs, model to proto + serialise {convert / total * 1e6:.1f} µs, "
+            print(f"  raw psycopg pages: {total / scan:10,.0f} events/s ({scan:.1f} s)")
+            print(f"  Orisun/raw: {scan / subscribe:.2f} (target 0.25)")
+            print(f"  where the time goes, per event: PostgreSQL {scan / total * 1e6:.1f} µs, rows to model "
+                  f"{(read - scan) / total * 1e6:.1f} µs, model to proto + serialise {convert / total * 1e6:.1f} µs, "
                   f"gRPC and the rest {(subscribe - read - convert) / total * 1e6:.1f} µs (server processes "
                   "work in parallel, so this is not additive with workers)")
 
