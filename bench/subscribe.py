@@ -28,21 +28,28 @@ Then where the time goes: the same pages read with Orisun's own storage function
 objects) and the model-to-proto conversion plus serialisation, each timed alone in this process.
 
     python bench/subscribe.py [--quick] [--workers N] [--seconds 30] [--events 1000000] [--subscribers 1,50]
+                              [--only live|catchup] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import itertools
+import json
 import multiprocessing
+import os
+import platform
 import selectors
+import sys
 import threading
 import time
 import uuid
 from array import array
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -466,12 +473,19 @@ def main() -> None:
     parser.add_argument("--receiver", choices=("h2", "grpc"), default="h2",
                         help="subscribers' client: bare HTTP/2 reader (default, cheap) or Python gRPC")
     parser.add_argument("--only", choices=("live", "catchup"), help="run one part only")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "command": " ".join(["python", "bench/subscribe.py", *sys.argv[1:]]),
+    }
     seconds = args.seconds or (5.0 if args.quick else 30.0)
     events = args.events or (50_000 if args.quick else 1_000_000)
     counts = [int(c) for c in args.subscribers.split(",")]
     schedule = Schedule(args.rate, seconds, args.in_flight, args.writer_channels)
     with stack(BOUNDARY, workers=args.workers) as s:
+        report.update(workers=s.workers, serving=s.serving)
         print(f"Orisun with ORISUN_WORKERS={s.workers if s.workers is not None else '(unset)'}: "
               f"{s.serving} process(es) serving gRPC", flush=True)
         if args.only != "catchup":
@@ -496,6 +510,7 @@ def main() -> None:
                     result = live(system, target, s.conninfo, count, args.receiver_processes, schedule, args.receiver)
                     print_live(result)
                     rows.append(result)
+            report["live"] = {"rate": args.rate, "seconds": seconds, "in_flight": args.in_flight, "runs": rows}
             for count in counts:
                 ours = next(r for r in rows if r["system"] == "orisun" and r["subscribers"] == count)
                 raw = next(r for r in rows if r["system"] == "raw" and r["subscribers"] == count)
@@ -509,7 +524,7 @@ def main() -> None:
                       f"{ours['missing']}/{ours['duplicated']}/{ours['unordered']} (must be 0/0/0)")
 
         if args.only != "live":
-            print(f"\nCatch-up from position 0 (--events {events:,} loaded, after the live runs' events)", flush=True)
+            print(f"\nCatch-up from position 0 (--events {events:,} loaded after any earlier runs' events)", flush=True)
             loaded = s.loop.run_until_complete(load(s.address, events))
             total = _head(s.conninfo)
             print(f"  (loaded in {loaded:.0f} s, {events / loaded:,.0f} events/s; {total:,} events in all)", flush=True)
@@ -528,10 +543,18 @@ def main() -> None:
                   f"{'  client-bound?' if 100 * cpu / subscribe >= BUSY_PCT else ''}")
             print(f"  raw psycopg pages: {total / scan:10,.0f} events/s ({scan:.1f} s)")
             print(f"  Orisun/raw: {scan / subscribe:.2f} (target 0.25)")
+            report["catch_up"] = {"events": total, "orisun_events_per_s": total / subscribe,
+                                  "raw_events_per_s": total / scan, "orisun_per_raw": scan / subscribe,
+                                  "receiver": args.receiver, "receiver_cpu_pct": 100 * cpu / subscribe}
             print(f"  where the time goes, per event: PostgreSQL {scan / total * 1e6:.1f} µs, rows to model "
                   f"{(read - scan) / total * 1e6:.1f} µs, model to proto + serialise {convert / total * 1e6:.1f} µs, "
                   f"gRPC and the rest {(subscribe - read - convert) / total * 1e6:.1f} µs (server processes "
                   "work in parallel, so this is not additive with workers)")
+
+
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"figures written to {args.json}")
 
 
 if __name__ == "__main__":
