@@ -13,6 +13,8 @@ sees which side is the limit.
 restarted on the same database), against the baseline measured once, and adds a scaling table:
 events/s, p50/p99, Orisun/raw and the rate over workers=1. Each client process spreads its callers
 over up to ``--channels`` connections of its own, so that with SO_REUSEPORT they reach every worker.
+``--client h2`` drives orisun and bare with bench/_h2client.py (unary calls over hand-spoken
+HTTP/2, about half Python gRPC's client CPU per call), leaving more of the machine to the server.
 
 Systems: ``orisun``; ``raw`` (psycopg, one transaction per request into ``raw_events`` with a
 tag table; reads are the equivalent SELECTs); ``copy`` (raw COPY, bulk only, for reference);
@@ -47,6 +49,7 @@ from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # before grpc is imported, as the project does
 
+import _h2client
 import _messagedb  # bench/ is on sys.path when a script here runs
 import grpc
 import psycopg
@@ -120,12 +123,12 @@ def _events(batch: int, data: str, tag: str) -> list[pb.EventToSave]:
 
 
 async def _grpc_ops(
-    task: dict[str, Any], stubs: list[pb_grpc.EventStoreStub]
+    task: dict[str, Any], stubs: list[pb_grpc.EventStoreStub] | list[_h2client.Stub]
 ) -> Callable[[int, int], Awaitable[int]]:
     kind, batch, run = task["kind"], task["batch"], task["run"]
     cursors: dict[int, tuple[int, int]] = {}
 
-    def stub_of(caller: int) -> pb_grpc.EventStoreStub:
+    def stub_of(caller: int) -> Any:
         return stubs[caller % len(stubs)]
 
     async def save(caller: int, n: int) -> int:
@@ -215,14 +218,21 @@ async def _sql_ops(
 async def _task(task: dict[str, Any], pipe: Connection) -> None:
     callers = task["callers"]
     channels: list[grpc.aio.Channel] = []
+    h2: list[_h2client.H2Connection] = []
     conns: list[psycopg.AsyncConnection[Any]] = []
     try:
         if task["system"] in ("orisun", "bare"):
             # Connections of their own: with workers the kernel spreads connections, not calls.
-            channels = [grpc.aio.insecure_channel(task["address"], options=CHANNEL_OPTIONS + OWN_CONNECTION)
-                        for _ in range(max(1, min(callers, task["channels"])))]
-            op = await _grpc_ops(task, [pb_grpc.EventStoreStub(channel) for channel in channels])
-            for index in range(len(channels)):  # warm: connections, HTTP/2 settings, first-call paths
+            count = max(1, min(callers, task["channels"]))
+            if task["client"] == "h2":
+                host, port = task["address"].rsplit(":", 1)
+                h2 = [await _h2client.H2Connection.open(host, int(port), AUTH) for _ in range(count)]
+                op = await _grpc_ops(task, [_h2client.Stub(connection) for connection in h2])
+            else:
+                channels = [grpc.aio.insecure_channel(task["address"], options=CHANNEL_OPTIONS + OWN_CONNECTION)
+                            for _ in range(count)]
+                op = await _grpc_ops(task, [pb_grpc.EventStoreStub(channel) for channel in channels])
+            for index in range(count):  # warm: connections, HTTP/2 settings, first-call paths
                 await op(index, -1)
         else:
             conninfo = task["messagedb"] if task["system"] == "messagedb" else task["conninfo"]
@@ -258,6 +268,8 @@ async def _task(task: dict[str, Any], pipe: Connection) -> None:
     finally:
         for channel in channels:
             await channel.close()
+        for connection in h2:
+            connection.close()
         for conn in conns:
             await conn.close()
         pipe.send("closed")
@@ -467,6 +479,9 @@ def main() -> None:
                         help="client processes for multi-caller workloads (default 2, with --workers 4)")
     parser.add_argument("--channels", type=int, default=8,
                         help="connections per client process (at most one per caller; default 8)")
+    parser.add_argument("--client", choices=("grpc", "h2"), default="grpc",
+                        help="gRPC load generator for orisun and bare: Python gRPC (default) or the lighter "
+                        "bench/_h2client.py")
     parser.add_argument("--workers", help="ORISUN_WORKERS values, comma-separated (e.g. 1,2,4): Orisun is "
                         "measured once per value against the same baseline (default: unset, one round)")
     parser.add_argument("--no-messagedb", action="store_true", help="do not install message-db from npm")
@@ -558,7 +573,7 @@ def main() -> None:
                             run_id += 1
                             shares = split(workload.callers, clients_count)
                             tasks = [{"system": system, "kind": workload.kind, "batch": workload.batch,
-                                      "callers": share, "channels": args.channels,
+                                      "callers": share, "channels": args.channels, "client": args.client,
                                       "min_calls": workload.min_calls, "run": f"{run_id}-{i}-{uuid.uuid4().hex[:6]}",
                                       "address": bare_address if system == "bare" else bench.address,
                                       "conninfo": bench.conninfo, "messagedb": mdb, "prefill": prefill,
