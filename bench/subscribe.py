@@ -4,7 +4,8 @@
 ``--seconds`` (30), open loop: each call is due at its time whether or not earlier ones have
 returned; a call due while ``--in-flight`` (64) are outstanding is *skipped* and counted (an
 overloaded server shows as skipped appends, a lower achieved rate and higher latency). The writer
-spreads its calls over ``--writer-channels`` (8) connections. Subscribers (1, then 50; each
+spreads its calls over ``--writer-channels`` (8) connections (bench/_h2client.py; ``--client grpc``:
+Python gRPC). Subscribers (1, then 50; each
 SubscribeToEvents on its own connection, so that with workers they spread over the worker
 processes) run in ``--receiver-processes`` (4) client processes, read by a minimal HTTP/2 client
 (bench/_h2count.py; Python gRPC costs 40-60 µs of CPU per streamed message here, which at 50
@@ -21,7 +22,7 @@ at the same rate, received by as many LISTEN connections, spread over as many pr
 SubscribeToEvents from position 0 in its own process, counting messages until the last event:
 events/s beside the raw page scan in the same run (the page queries Orisun's catch-up issues,
 storage.events.build_range, through plain psycopg), and the ratio. The receiver counts messages
-off the socket (bench/_h2count.py: gRPC length prefixes walked, no message parsed; ``--receiver
+off the socket (bench/_h2count.py: gRPC length prefixes walked, no message parsed; ``--client
 grpc``: a Python gRPC stream call without a response deserializer) and reports its CPU time over
 the wall time: well below 100% of a core shows it is not the bound.
 Then where the time goes: the same pages read with Orisun's own storage function (rows to model
@@ -54,6 +55,7 @@ from typing import Any
 
 import grpc
 import psycopg
+from _h2client import H2Connection, Stub
 from _h2count import H2Call, count_stream
 from _stack import AUTH, OWN_CONNECTION, percentiles, stack  # bench/ is on sys.path when a script here runs
 from psycopg import sql
@@ -193,6 +195,7 @@ class Schedule:
     seconds: float
     in_flight: int
     channels: int
+    client: str  # the writer's gRPC client: "h2" (bench/_h2client.py) or "grpc"
 
 
 async def _open_loop(schedule: Schedule, call: Any) -> dict[str, Any]:
@@ -235,8 +238,16 @@ async def _open_loop(schedule: Schedule, call: Any) -> dict[str, Any]:
 
 
 async def _orisun_writer(address: str, schedule: Schedule) -> dict[str, Any]:
-    channels = [grpc.aio.insecure_channel(address, options=OWN_CONNECTION) for _ in range(schedule.channels)]
-    stubs = [pb_grpc.EventStoreStub(channel) for channel in channels]
+    channels: list[grpc.aio.Channel] = []
+    connections: list[H2Connection] = []
+    stubs: list[pb_grpc.EventStoreStub] | list[Stub]
+    if schedule.client == "h2":  # about half Python gRPC's CPU per call (bench/_h2client.py)
+        host, port = address.rsplit(":", 1)
+        connections = [await H2Connection.open(host, int(port), AUTH) for _ in range(schedule.channels)]
+        stubs = [Stub(connection) for connection in connections]
+    else:
+        channels = [grpc.aio.insecure_channel(address, options=OWN_CONNECTION) for _ in range(schedule.channels)]
+        stubs = [pb_grpc.EventStoreStub(channel) for channel in channels]
     run = uuid.uuid4().hex[:8]
 
     def request(name: str, event_type: str) -> pb.SaveEventsRequest:
@@ -245,8 +256,8 @@ async def _orisun_writer(address: str, schedule: Schedule) -> dict[str, Any]:
                                                            data='{"live": true}')])
 
     async def save(n: int) -> int:
-        reply = await stubs[n % len(stubs)].SaveEvents(request(f"live-{run}-{n}", "Live"), metadata=AUTH,
-                                                       timeout=60)
+        async with asyncio.timeout(60):
+            reply = await stubs[n % len(stubs)].SaveEvents(request(f"live-{run}-{n}", "Live"), metadata=AUTH)
         return int(reply.log_position.commit_position)
 
     for stub in stubs:  # connected before the clock starts
@@ -255,6 +266,8 @@ async def _orisun_writer(address: str, schedule: Schedule) -> dict[str, Any]:
     await stubs[0].SaveEvents(request(f"end-{run}", END), metadata=AUTH)
     for channel in channels:
         await channel.close()
+    for connection in connections:
+        connection.close()
     return result
 
 
@@ -470,8 +483,9 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64, help="appends outstanding before one is skipped")
     parser.add_argument("--writer-channels", type=int, default=8, help="connections the writer spreads appends over")
     parser.add_argument("--events", type=int, help="events for the catch-up run (default 1,000,000, quick 50,000)")
-    parser.add_argument("--receiver", choices=("h2", "grpc"), default="h2",
-                        help="subscribers' client: bare HTTP/2 reader (default, cheap) or Python gRPC")
+    parser.add_argument("--client", choices=("h2", "grpc"), default="h2",
+                        help="subscribers', writer's and catch-up's client: hand-spoken HTTP/2 (default, "
+                        "cheap: bench/_h2count.py, bench/_h2client.py) or Python gRPC")
     parser.add_argument("--only", choices=("live", "catchup"), help="run one part only")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
@@ -483,7 +497,7 @@ def main() -> None:
     seconds = args.seconds or (5.0 if args.quick else 30.0)
     events = args.events or (50_000 if args.quick else 1_000_000)
     counts = [int(c) for c in args.subscribers.split(",")]
-    schedule = Schedule(args.rate, seconds, args.in_flight, args.writer_channels)
+    schedule = Schedule(args.rate, seconds, args.in_flight, args.writer_channels, args.client)
     with stack(BOUNDARY, workers=args.workers) as s:
         report.update(workers=s.workers, serving=s.serving)
         print(f"Orisun with ORISUN_WORKERS={s.workers if s.workers is not None else '(unset)'}: "
@@ -499,15 +513,15 @@ def main() -> None:
                   f"{'recv CPU/procs':>15}{'max':>5}{'writer':>7}")
             # A short unreported run first: the server's first appends pay for connections,
             # prepared statements and caches, which is start-up, not the steady state measured.
-            warm = Schedule(args.rate, min(3.0, seconds), args.in_flight, args.writer_channels)
+            warm = Schedule(args.rate, min(3.0, seconds), args.in_flight, args.writer_channels, args.client)
             for system, target in (("orisun", s.address), ("raw", s.conninfo)):
-                result = live(system, target, s.conninfo, 1, 1, warm, args.receiver)
+                result = live(system, target, s.conninfo, 1, 1, warm, args.client)
                 print(f"  (warm-up, not reported: {system} {result['acked']:,} acked, {result['skipped']:,} skipped, "
                       f"p99 {result['p99_ms']:.1f} ms)", flush=True)
             rows = []
             for count in counts:
                 for system, target in (("orisun", s.address), ("raw", s.conninfo)):
-                    result = live(system, target, s.conninfo, count, args.receiver_processes, schedule, args.receiver)
+                    result = live(system, target, s.conninfo, count, args.receiver_processes, schedule, args.client)
                     print_live(result)
                     rows.append(result)
             report["live"] = {"rate": args.rate, "seconds": seconds, "in_flight": args.in_flight, "runs": rows}
@@ -534,7 +548,7 @@ def main() -> None:
             cpu = 0.0
             for _ in range(2):  # best of two each, interleaved: the first of each warms caches
                 scan = min(scan, raw_scan(s.conninfo, total))
-                took, used = catch_up(s.address, total, args.receiver)
+                took, used = catch_up(s.address, total, args.client)
                 if took < subscribe:
                     subscribe, cpu = took, used
             read, convert = s.loop.run_until_complete(breakdown(s.conninfo, total))
@@ -545,7 +559,7 @@ def main() -> None:
             print(f"  Orisun/raw: {scan / subscribe:.2f} (target 0.25)")
             report["catch_up"] = {"events": total, "orisun_events_per_s": total / subscribe,
                                   "raw_events_per_s": total / scan, "orisun_per_raw": scan / subscribe,
-                                  "receiver": args.receiver, "receiver_cpu_pct": 100 * cpu / subscribe}
+                                  "client": args.client, "receiver_cpu_pct": 100 * cpu / subscribe}
             print(f"  where the time goes, per event: PostgreSQL {scan / total * 1e6:.1f} µs, rows to model "
                   f"{(read - scan) / total * 1e6:.1f} µs, model to proto + serialise {convert / total * 1e6:.1f} µs, "
                   f"gRPC and the rest {(subscribe - read - convert) / total * 1e6:.1f} µs (server processes "
