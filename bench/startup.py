@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--exe", action="append", default=[], help="an executable to measure too (repeatable)")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds idle before measuring memory")
-    parser.add_argument("--workers", help="ORISUN_WORKERS values, comma-separated (e.g. 1,2; default: unset)")
+    parser.add_argument("--workers", default="1", help="ORISUN_WORKERS values, comma-separated (e.g. 1,2; default 1)")
     args = parser.parse_args()
     worker_counts: list[int | None] = [int(w) for w in args.workers.split(",")] if args.workers else [None]
     commands = {"python -m orisun": [sys.executable, "-m", "orisun"]}

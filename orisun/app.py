@@ -6,6 +6,20 @@ on is up. Each phase registers its stops on one ``AsyncExitStack`` as it starts 
 closes that stack, so it undoes exactly what started, in reverse, also after a failed start. A
 child process that dies for good (``fatal``) stops the whole server with exit status 1: Orisun
 never keeps serving half-alive.
+
+One ``Orisun`` plays one of three roles (``ORISUN_WORKERS``, see orisun.runtime.workers):
+
+- **the whole node** (1 worker): every phase, in this process;
+- **the supervisor** (2 or more): every phase but gRPC, then a ``workers`` phase that starts the
+  worker processes on the gRPC port. It keeps the dashboard, and its live feed publishes the
+  boundaries' feeds (it starts before the workers, so it takes the publisher locks first; the
+  workers' feeds wait as stand-bys), off the loops that serve the writes;
+- **a worker** (``WorkerSpec``): connects to the supervisor's NATS and PostgreSQL, serves gRPC
+  with SO_REUSEPORT, and answers the supervisor's questions about its subscriptions.
+
+The workers of a node are to each other what the nodes of a cluster are: one database orders
+every write, session locks make a subscriber_name and a feed publisher unique, LISTEN/NOTIFY
+carries commits and user changes between them.
 """
 
 from __future__ import annotations
@@ -14,12 +28,14 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import pickle
 import secrets
 import shutil
 import ssl
-import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loguru import logger
@@ -34,11 +50,16 @@ from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.pubsub import PubSub
 from orisun.runtime.bundle import unpack_bundled_binaries
 from orisun.runtime.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
+from orisun.runtime.nats_server import connect as connect_nats
 from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
+from orisun.runtime.process import check_port
+from orisun.runtime.rundir import make_run_dir
+from orisun.runtime.workers import Workers
 from orisun.service.commits import Commits
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
 from orisun.service.monitor import Monitor
+from orisun.service.node import NodeSubscriptions, answer_figures
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
@@ -56,27 +77,29 @@ MAX_FEED_BACKLOG = 10_000
 APPENDED_CHANNEL = "orisun_appended"
 
 
-RUN_DIR_PREFIX = "orisun-run-"
-
 # A start-up phase: starts its parts, pushing the stop of each on the stack it is given.
 Phase = Callable[[contextlib.AsyncExitStack], Awaitable[None]]
+# PostgreSQL connections one Orisun process opens besides its pool: a writer per boundary (counted
+# apart), the session locks, two LISTENs, and room for a pool's connection being replaced.
+CONNECTIONS_BESIDES_POOL = 6
 
 
-def _remove_stale_run_dirs() -> None:
-    """Remove this user's run dirs whose Orisun process is gone (killed before it could)."""
-    for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
-        pid_text = path.name.removeprefix(RUN_DIR_PREFIX).split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
-        try:
-            if path.stat().st_uid != os.geteuid():
-                continue
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            logger.info("removing {}, left by an Orisun process that no longer runs", path)
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            continue  # alive under another user, or unreadable: not ours to judge
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a supervisor hands each worker process (pickled, on its standard input)."""
+
+    index: int  # 1 to ORISUN_WORKERS, for the logs
+    node: str  # the supervisor's id: the subject its questions come on
+    settings: Settings  # the supervisor's, with pg_conninfo and grpc_port resolved
+    nats_url: str
+    nats_password: str
+    replicas: int  # of the JetStream streams (a cluster's)
+
+
+def connections_needed(settings: Settings) -> int:
+    """PostgreSQL connections a node may open: every process's pool and own connections."""
+    processes = settings.workers + 1 if settings.workers > 1 else 1
+    return processes * (settings.pg_pool_size + CONNECTIONS_BESIDES_POOL + len(settings.boundaries))
 
 
 def _loopback(host: str) -> bool:
@@ -87,8 +110,15 @@ def _loopback(host: str) -> bool:
 
 
 class Orisun:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: WorkerSpec | None = None) -> None:
+        """The whole node or its supervisor (by ``settings.workers``), or the worker ``worker``."""
         self.settings = settings
+        self.worker = worker
+        self.supervising = worker is None and settings.workers > 1
+        self.workers: Workers | None = None
+        # The supervisor's id, naming the NATS subject its workers answer on.
+        self.node = worker.node if worker is not None else uuid.uuid4().hex
+        self._grpc_port = 0
         self.exit_code = 0
         self.started_in = 0.0
         self.nats: EmbeddedNats | None = None
@@ -111,7 +141,7 @@ class Orisun:
         self._bundled: Path | None = None
         self._conninfo = ""
         self._replicas = 1
-        self._ssl_context: ssl.SSLContext | None = None
+        self._tls_read: tuple[tls.TlsMaterial | None, ssl.SSLContext | None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._appended_listener: asyncio.Task[None] | None = None
         # Each phase's stops, pushed as it starts; ``stop`` closes it (in reverse, also after a failed start).
@@ -121,7 +151,8 @@ class Orisun:
 
     @property
     def grpc_port(self) -> int:
-        return self.grpc.port if self.grpc else 0
+        """The port gRPC is served on (by this process or, for a supervisor, by its workers)."""
+        return self.grpc.port if self.grpc else self._grpc_port
 
     @property
     def dashboard_port(self) -> int:
@@ -139,8 +170,21 @@ class Orisun:
         self.started_in = time.monotonic() - began
         logger.info("Orisun started in {:.2f}s", self.started_in)
 
-    async def _start(self) -> None:
-        for name, phase in (
+    def _phases(self) -> list[tuple[str, Phase]]:
+        if self.worker is not None:
+            return [
+                ("nats", self._connect_nats),
+                ("postgres", self._start_postgres),
+                ("database", self._start_database),
+                ("users", self._start_users),
+                ("live-feed", self._start_live_feed),
+                ("pubsub", self._start_pubsub),
+                ("grpc", self._start_grpc),
+                ("figures", self._start_figures),
+            ]
+        serving = [("grpc", self._start_grpc)] if not self.supervising else []
+        workers = [("workers", self._start_workers)] if self.supervising else []
+        return [
             ("run-dir", self._start_run_dir),
             ("nats", self._start_nats),
             ("postgres", self._start_postgres),
@@ -148,10 +192,14 @@ class Orisun:
             ("users", self._start_users),
             ("live-feed", self._start_live_feed),
             ("pubsub", self._start_pubsub),
-            ("grpc", self._start_grpc),
+            *serving,
             ("monitor", self._start_monitor),
             ("dashboard", self._start_dashboard),
-        ):
+            *workers,
+        ]
+
+    async def _start(self) -> None:
+        for name, phase in self._phases():
             await self._stack.enter_async_context(self._phase(name, phase))
 
     @contextlib.asynccontextmanager
@@ -174,10 +222,7 @@ class Orisun:
         # Private to this user; as root only traversable, so the embedded PostgreSQL's unprivileged
         # user can reach its own directory below it.
         s.data_dir.mkdir(mode=0o711 if os.geteuid() == 0 else 0o700, parents=True, exist_ok=True)
-        # Private scratch space for child configuration files holding secrets; removed at stop.
-        # Named by pid, so that the next start can remove what a SIGKILLed Orisun left behind.
-        _remove_stale_run_dirs()
-        self._run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+        self._run_dir = make_run_dir()
         stops.callback(shutil.rmtree, self._run_dir, ignore_errors=True)
 
     async def _start_nats(self, stops: contextlib.AsyncExitStack) -> None:
@@ -209,6 +254,14 @@ class Orisun:
         stops.push_async_callback(self._close_nats_client)
         logger.info("NATS JetStream listening on {}", self.nats.url)
 
+    async def _connect_nats(self, stops: contextlib.AsyncExitStack) -> None:
+        """A worker's NATS: the supervisor's server, as Orisun's user."""
+        assert self.worker is not None
+        self._replicas = self.worker.replicas
+        self.nats_client = await connect_nats(self.worker.nats_url, self.settings.nats_username,
+                                              self.worker.nats_password)
+        stops.push_async_callback(self._close_nats_client)
+
     def _cluster(self) -> ClusterOptions | None:
         s = self.settings
         if not s.nats_cluster_enabled:
@@ -230,7 +283,8 @@ class Orisun:
             self._conninfo = s.pg_conninfo
             return
         self.postgres = EmbeddedPostgres(s.data_dir, s.pg_embedded_port, on_fatal=self.fatal,
-                                         bindir=find_postgres_bindir(self._bundled) if self._bundled else None)
+                                         bindir=find_postgres_bindir(self._bundled) if self._bundled else None,
+                                         max_connections=max(100, connections_needed(s) + 10))
         stops.push_async_callback(self.postgres.stop)  # before start, as for NATS
         await self.postgres.start()
         self._conninfo = self.postgres.conninfo
@@ -243,7 +297,8 @@ class Orisun:
         stops.push_async_callback(self.db.close)  # before open: the pool may hold connections already
         await self.db.open(s.pg_startup_timeout)
         logger.info("Connected to PostgreSQL at {}", describe(self._conninfo))
-        await migrate(self.db, s.admin_boundary)
+        if self.worker is None:  # the supervisor migrated before it started the workers
+            await migrate(self.db, s.admin_boundary)
 
     async def _start_users(self, stops: contextlib.AsyncExitStack) -> None:
         s = self.settings
@@ -256,6 +311,8 @@ class Orisun:
         )
         stops.push_async_callback(cancel_and_wait, [self._listener])
         await asyncio.wait_for(listening.wait(), timeout=s.pg_startup_timeout)
+        if self.worker is not None:
+            return  # the supervisor made the admin user and warned about its password
         await self.users.ensure_admin(s.admin_username, s.admin_password)
         if await self.users.uses_default_password(s.admin_username):
             logger.warning(
@@ -307,7 +364,7 @@ class Orisun:
         s = self.settings
         assert self.users is not None and self.events is not None and self.subscriptions is not None
         assert self.pubsub is not None
-        material, self._ssl_context = self._tls()
+        material, _ = self._tls()
         self.grpc = GrpcServer(
             self.users,
             self.events,
@@ -317,6 +374,7 @@ class Orisun:
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,
             tls=material,
+            reuse_port=self.worker is not None,
         )
         stops.push_async_callback(self._stop_grpc, self.grpc)  # before start: a failed bind is stopped too
         await self.grpc.start()
@@ -325,9 +383,48 @@ class Orisun:
         logger.info("Stopping: draining in-flight calls (up to {:g}s)", self.settings.shutdown_timeout)
         await grpc.stop(self.settings.shutdown_timeout)
 
+    async def _start_figures(self, stops: contextlib.AsyncExitStack) -> None:
+        """A worker answers its supervisor's questions about its subscriptions (for the dashboard)."""
+        assert self.nats_client is not None and self.subscriptions is not None
+        answering = await answer_figures(self.nats_client, self.node, self.subscriptions)
+        stops.push_async_callback(self._unsubscribe, answering)
+
+    @staticmethod
+    async def _unsubscribe(subscription: object) -> None:
+        with contextlib.suppress(Exception):  # NATS already closed: nothing left to undo
+            await subscription.unsubscribe()  # type: ignore[attr-defined]
+
+    async def _start_workers(self, stops: contextlib.AsyncExitStack) -> None:
+        """The supervisor's last phase: the worker processes, serving gRPC on one port."""
+        s = self.settings
+        assert self.nats is not None
+        # A port in use must fail here, naming the variable: with SO_REUSEPORT a worker would not
+        # notice another program's listener, only share the port with it (if it too asked for that).
+        self._grpc_port = check_port(s.grpc_host, s.grpc_port, port_variable="ORISUN_GRPC_PORT",
+                                     host_variable="ORISUN_GRPC_HOST")
+        settings = replace(s, pg_conninfo=self._conninfo, grpc_port=self._grpc_port)
+        nats_url, nats_password = self.nats.url, self.nats.password
+
+        def instructions(index: int) -> bytes:
+            spec = WorkerSpec(index, self.node, settings, nats_url, nats_password, self._replicas)
+            return pickle.dumps(spec)
+
+        self.workers = Workers(s.workers, instructions, stop_timeout=s.shutdown_timeout + 10.0, on_fatal=self.fatal)
+        stops.push_async_callback(self._stop_workers, self.workers)  # before start: some may be up
+        await self.workers.start()
+        logger.info("{} workers serving gRPC on {}:{} (pids {})", s.workers, s.grpc_host, self._grpc_port,
+                    ", ".join(str(pid) for pid in self.workers.pids))
+
+    async def _stop_workers(self, workers: Workers) -> None:
+        logger.info("Stopping the workers: each drains its in-flight calls (up to {:g}s)",
+                    self.settings.shutdown_timeout)
+        await workers.stop()
+
     async def _start_monitor(self, stops: contextlib.AsyncExitStack) -> None:
         assert self.nats_client is not None and self.subscriptions is not None
-        self.monitor = Monitor(self.db_or_fail, self.nats_client, self.subscriptions)
+        node = NodeSubscriptions(self.subscriptions, self.nats_client, self.node,
+                                 lambda: self.workers.running if self.workers is not None else 0)
+        self.monitor = Monitor(self.db_or_fail, self.nats_client, node)
         stops.push_async_callback(self.monitor.close)
         self.monitor.start()
 
@@ -337,7 +434,7 @@ class Orisun:
         assert self.pubsub is not None and self.monitor is not None
         self.dashboard = Dashboard(users=self.users, events=self.events, subscriptions=self.subscriptions,
                                    pubsub=self.pubsub, monitor=self.monitor, version=__version__,
-                                   host=s.grpc_host, port=s.admin_port, ssl_context=self._ssl_context)
+                                   host=s.grpc_host, port=s.admin_port, ssl_context=self._tls()[1])
         stops.push_async_callback(self.dashboard.stop)
         await self.dashboard.start()
 
@@ -347,10 +444,17 @@ class Orisun:
         return self.db
 
     def _tls(self) -> tuple[tls.TlsMaterial | None, ssl.SSLContext | None]:
-        """The TLS files, read now (load_settings checked them; they may have changed since)."""
+        """The TLS files, read at the first call (load_settings checked them; they may have changed
+        since), for gRPC and the dashboard."""
+        if self._tls_read is None:
+            self._tls_read = self._read_tls()
+        return self._tls_read
+
+    def _read_tls(self) -> tuple[tls.TlsMaterial | None, ssl.SSLContext | None]:
         files = self.settings.tls
         if files is None:
-            if not _loopback(self.settings.grpc_host):
+            # Said once per node, by the process that owns the dashboard, not again by each worker.
+            if not _loopback(self.settings.grpc_host) and self.worker is None:
                 logger.warning("TLS is off: passwords (Basic auth, dashboard login) cross the network in clear. "
                                "Set ORISUN_TLS_CERT_FILE and ORISUN_TLS_KEY_FILE, or keep ORISUN_GRPC_HOST on "
                                "127.0.0.1 behind a TLS proxy.")

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import base64
 import os
+import pickle
 import shlex
 import signal
 import sys
@@ -23,10 +24,11 @@ from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings, help_text, load_sett
 from orisun.errors import ConfigError, StartupError
 from orisun.logs import setup_logging
 from orisun.runtime.bundle import follow_bootloader
+from orisun.runtime.workers import READY, WORKER_FLAG
 from orisun.tls import trusts_itself
 
 if TYPE_CHECKING:
-    from orisun.app import Orisun
+    from orisun.app import Orisun, WorkerSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     parser.add_argument("--version", action="version", version=f"orisun {__version__}")
-    parser.parse_args(argv)
+    # How the supervisor starts its workers (orisun.runtime.workers); not for people.
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    if parser.parse_args(argv).worker:
+        return _worker()
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -60,6 +65,35 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         clean_up()
+
+
+def _worker() -> int:
+    """A worker process: its instructions come pickled on stdin from the supervisor, its parent."""
+    if sys.stdin.isatty():
+        print(f"orisun: {WORKER_FLAG} is how Orisun starts its own worker processes; run orisun without it",
+              file=sys.stderr)
+        return 2
+    spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read())  # from the supervisor, through a private pipe
+    setup_logging(spec.settings.logging_level, process=f"worker {spec.index}")
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve_worker(spec))
+    except StartupError as exc:
+        logger.error("Cannot start: {}", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve_worker(spec: WorkerSpec) -> int:
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from orisun.app import Orisun
+
+    app = Orisun(spec.settings, worker=spec)
+    _on_stop_signals(app.request_stop)
+    await app.start()
+    print(READY, flush=True)  # to the supervisor (orisun.runtime.workers)
+    return await app.wait()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -125,7 +159,9 @@ def _announce(app: Orisun) -> None:
     scheme, over = "http", ""
     if s.tls is not None:
         scheme, over = "https", " over TLS (client certificates required)" if s.tls.client_ca_file else " over TLS"
-    logger.info("Orisun {} serving gRPC on {}:{}{}; boundaries: {}", __version__, s.grpc_host, port, over, boundaries)
+    workers = f" with {s.workers} workers" if s.workers > 1 else ""
+    logger.info("Orisun {} serving gRPC on {}:{}{}{}; boundaries: {}", __version__, s.grpc_host, port, over, workers,
+                boundaries)
     logger.info("Try: {}", grpcurl_hint(s, port))
     logger.info("Admin dashboard on {}://localhost:{}/ (log in as {!r})", scheme, app.dashboard_port,
                 s.admin_username)

@@ -66,6 +66,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Where the embedded PostgreSQL, the NATS store and the executable's unpacked binaries live."),
     Variable("ORISUN_GRPC_HOST", "0.0.0.0", "Address the gRPC server listens on."),
     Variable("ORISUN_GRPC_PORT", "50051", "gRPC server port (0 = any free port, printed at start)."),
+    Variable("ORISUN_WORKERS", "(the number of CPUs available)", "Worker processes serving gRPC, all on "
+             "ORISUN_GRPC_PORT. 1 serves everything from one process; with more, a supervisor process runs "
+             "NATS, the embedded PostgreSQL and the dashboard, and restarts a worker that dies. Each process "
+             "opens up to ORISUN_PG_POOL_SIZE + 6 PostgreSQL connections."),
     Variable("ORISUN_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE),
              "Largest gRPC message accepted or sent, in bytes."),
     Variable("ORISUN_SHUTDOWN_TIMEOUT", "10s", "How long SIGTERM/SIGINT waits for in-flight calls."),
@@ -122,6 +126,8 @@ class Settings:
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
     grpc_max_message_size: int = DEFAULT_GRPC_MAX_MESSAGE_SIZE
+    # Worker processes serving gRPC; 1 = this process serves (no supervisor).
+    workers: int = 1
     shutdown_timeout: float = 10.0
     nats_host: str = "127.0.0.1"
     nats_port: int = 4222
@@ -175,6 +181,31 @@ def default_data_dir() -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / "orisun"
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "orisun"
+
+
+# More would only exhaust PostgreSQL's connections and the machine's memory.
+MAX_WORKERS = 256
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _workers(env: environs.Env) -> int:
+    variable = "ORISUN_WORKERS"
+    text = env.str(variable, "").strip()
+    if not text:
+        return available_cpus()
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(variable, f"{text[:32]!r} is not a whole number of worker processes") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(variable, f"must be 1 to {MAX_WORKERS}, got {value}")
+    return value
 
 
 def validate_identifier(value: str, what: str, variable: str) -> str:
@@ -335,6 +366,7 @@ def load_settings() -> Settings:
         grpc_host=_nonempty(env, "ORISUN_GRPC_HOST"),
         grpc_port=_port(env, "ORISUN_GRPC_PORT"),
         grpc_max_message_size=_positive(env, "ORISUN_GRPC_MAX_MESSAGE_SIZE"),
+        workers=_workers(env),
         shutdown_timeout=_seconds(env, "ORISUN_SHUTDOWN_TIMEOUT"),
         nats_host=_nonempty(env, "ORISUN_NATS_HOST"),
         nats_port=_port(env, "ORISUN_NATS_PORT"),

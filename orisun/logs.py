@@ -43,14 +43,20 @@ class _InterceptHandler(logging.Handler):
         logger.opt(exception=record.exc_info, depth=6).log(level, "[{}] {}", record.name, record.getMessage())
 
 
+_process = ""  # "worker 2" in a worker process: its lines reach the supervisor's output as they are
+
+
 def _patch(record: dict) -> None:  # type: ignore[type-arg]
     # Every record, whoever wrote it (Orisun, a library, a child process's line): one record, one line.
     record["message"] = escape_control(record["message"])
-    child = record["extra"].get("child")
+    child = " ".join(part for part in (_process, record["extra"].get("child")) if part)
     record["extra"]["child_suffix"] = f" [{child}]" if child else ""
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, process: str = "") -> None:
+    """Log to stderr at ``level``; ``process`` names a worker in each of its lines."""
+    global _process
+    _process = process
     logger.remove()
     logger.configure(patcher=_patch)  # type: ignore[arg-type]
     logger.add(sys.stderr, level=level, format=_FORMAT, backtrace=False, diagnose=False)

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -28,8 +29,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.app import Orisun
 from orisun.config import Settings
+from orisun.runtime.workers import WORKER_FLAG
 
 ADMIN = ("admin", "changeit")
+# A connection of its own per channel: gRPC otherwise shares one between channels to the same
+# address, and every call of a test would reach the same worker process.
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 T = TypeVar("T")
 
@@ -74,6 +79,117 @@ def server_settings(data_dir: Path, pg_conninfo: str | None, **overrides: Any) -
         pg_startup_timeout=15.0,
     )
     return replace(base, **overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OrisunProcess:
+    """``python -m orisun`` (the same entry point as the ``orisun`` script) with its log collected."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orisun"],
+            env={**clean, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        wait_for(lambda: "serving gRPC" in self.output or self.proc.poll() is not None, timeout, "Orisun to serve")
+        assert self.proc.poll() is None, self.output
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def children(self) -> list[int]:
+        """PIDs whose parent is this process (nats-server, postgres, the workers)."""
+        return children_of(self.proc.pid)
+
+    def workers(self) -> list[int]:
+        """PIDs of this process's worker processes."""
+        return [pid for pid in self.children() if WORKER_FLAG in command_line(pid)]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def children_of(parent: int) -> list[int]:
+    """PIDs whose parent is ``parent``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def connections(pids: list[int], port: int) -> dict[int, int]:
+    """How many established TCP connections each process in ``pids`` holds on local ``port``:
+    which worker serves the clients (Linux /proc)."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01 = ESTABLISHED
+                established.add(fields[9])
+    return {pid: len(_socket_inodes(pid) & established) for pid in pids}
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
 
 
 class LoopThread:
@@ -133,7 +249,7 @@ class ServerThread:
 
     @contextmanager
     def channel(self) -> Iterator[grpc.Channel]:
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
             yield channel
 
     @contextmanager

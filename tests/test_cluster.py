@@ -33,9 +33,8 @@ from psycopg.conninfo import conninfo_to_dict
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.runtime.postgres import EmbeddedPostgres
-from tests.support import auth_metadata, fresh_database, shared_tmpdir, wait_for
+from tests.support import alive, auth_metadata, free_port, fresh_database, shared_tmpdir, wait_for
 from tests.test_concurrency import AMBIGUOUS, Write, new_events, verify
-from tests.test_server_process import alive, free_port
 
 BOUNDARY = "orders"
 AUTH = auth_metadata()

@@ -25,9 +25,16 @@ import pytest
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from tests.support import ServerThread, auth_metadata
+from tests.support import CHANNEL_OPTIONS, ServerThread, auth_metadata
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """Each test runs on a node of one process and on a supervisor with two worker processes
+    (ORISUN_WORKERS), whose writes, reads and retries meet only in PostgreSQL."""
+    return int(request.param)
 
 BOUNDARY = "load"
 BOUNDARIES = {"orisun_admin": "orisun_admin", BOUNDARY: "load_store"}
@@ -111,7 +118,7 @@ async def read_all(stub: pb_grpc.EventStoreStub, page: int = 10_000) -> list[pb.
 
 def read_all_sync(server: ServerThread) -> list[pb.Event]:
     async def main() -> list[pb.Event]:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
             return await read_all(pb_grpc.EventStoreStub(channel))
 
     return asyncio.run(main())
@@ -250,12 +257,14 @@ async def paging_reader(stub: pb_grpc.EventStoreStub, page: int, writing: Callab
 
 
 @pytest.mark.timeout(90)
-def test_many_writers_store_every_acknowledged_event_once(start_server: Callable[..., ServerThread]) -> None:
-    server = start_server(boundaries=BOUNDARIES)
+def test_many_writers_store_every_acknowledged_event_once(
+    start_server: Callable[..., ServerThread], workers: int
+) -> None:
+    server = start_server(boundaries=BOUNDARIES, workers=workers)
     log: list[Write] = []
 
     async def main() -> tuple[int, list[pb.Event]]:
-        channels = [grpc.aio.insecure_channel(server.address) for _ in range(16)]
+        channels = [grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) for _ in range(16)]
         try:
             stubs = [pb_grpc.EventStoreStub(c) for c in channels]
             tasks = mixed_writers(stubs, 150, log, time.monotonic() + 60)
@@ -277,8 +286,8 @@ def test_many_writers_store_every_acknowledged_event_once(start_server: Callable
 
 
 @pytest.mark.timeout(60)
-def test_racing_writers_exactly_one_wins(start_server: Callable[..., ServerThread]) -> None:
-    server = start_server(boundaries=BOUNDARIES)
+def test_racing_writers_exactly_one_wins(start_server: Callable[..., ServerThread], workers: int) -> None:
+    server = start_server(boundaries=BOUNDARIES, workers=workers)
     racers = 20
     winners: list[Write] = []
     log: list[Write] = []
@@ -300,7 +309,7 @@ def test_racing_writers_exactly_one_wins(start_server: Callable[..., ServerThrea
         return winner
 
     async def main() -> list[pb.Event]:
-        channels = [grpc.aio.insecure_channel(server.address) for _ in range(5)]
+        channels = [grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) for _ in range(5)]
         try:
             stubs = [pb_grpc.EventStoreStub(c) for c in channels]
             for stream in ("race-a", "race-b", "race-c"):
@@ -321,15 +330,15 @@ def test_racing_writers_exactly_one_wins(start_server: Callable[..., ServerThrea
 
 
 @pytest.mark.timeout(90)
-def test_readers_paging_during_writes_skip_nothing(start_server: Callable[..., ServerThread]) -> None:
+def test_readers_paging_during_writes_skip_nothing(start_server: Callable[..., ServerThread], workers: int) -> None:
     """Pages read with the exclusive cursor while writers commit, concatenated, are exactly the
     final full read: nothing committed below a position a reader has already passed."""
-    server = start_server(boundaries=BOUNDARIES)
+    server = start_server(boundaries=BOUNDARIES, workers=workers)
     log: list[Write] = []
     target_events = 5000
 
     async def main() -> tuple[list[tuple[list, int]], list[pb.Event]]:
-        channels = [grpc.aio.insecure_channel(server.address) for _ in range(11)]
+        channels = [grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) for _ in range(11)]
         try:
             stubs = [pb_grpc.EventStoreStub(c) for c in channels]
             deadline = time.monotonic() + 25
@@ -374,13 +383,13 @@ def test_readers_paging_during_writes_skip_nothing(start_server: Callable[..., S
 
 
 @pytest.mark.timeout(90)
-def test_two_nodes_share_one_dense_commit_ordered_log(start_server: Callable[..., ServerThread]) -> None:
-    nodes = [start_server(boundaries=BOUNDARIES), start_server(boundaries=BOUNDARIES)]
+def test_two_nodes_share_one_dense_commit_ordered_log(start_server: Callable[..., ServerThread], workers: int) -> None:
+    nodes = [start_server(boundaries=BOUNDARIES, workers=workers), start_server(boundaries=BOUNDARIES, workers=workers)]
     log: list[Write] = []
     race_log: list[Write] = []
 
     async def main() -> tuple[list[tuple[list, int]], list[list[pb.Event]]]:
-        channels = [grpc.aio.insecure_channel(nodes[i % 2].address) for i in range(8)]
+        channels = [grpc.aio.insecure_channel(nodes[i % 2].address, options=CHANNEL_OPTIONS) for i in range(8)]
         try:
             stubs = [pb_grpc.EventStoreStub(c) for c in channels]
             # Writers alternate between the nodes (stubs[i % 8] -> node i % 2).
@@ -427,15 +436,15 @@ def test_two_nodes_share_one_dense_commit_ordered_log(start_server: Callable[...
 
 
 @pytest.mark.timeout(60)
-def test_identical_retries_racing_get_one_result(start_server: Callable[..., ServerThread]) -> None:
+def test_identical_retries_racing_get_one_result(start_server: Callable[..., ServerThread], workers: int) -> None:
     """The same write (same event ids) sent by several clients at once: all get the same
     WriteResult, the events are stored once, and a late retry still gets that result."""
-    server = start_server(boundaries=BOUNDARIES)
+    server = start_server(boundaries=BOUNDARIES, workers=workers)
     log: list[Write] = []
     clients = 8
 
     async def main() -> list[pb.Event]:
-        channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
+        channels = [grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) for _ in range(4)]
         try:
             stubs = [pb_grpc.EventStoreStub(c) for c in channels]
             version = {"idem-any": -1, "idem-exact": -1}
@@ -468,8 +477,8 @@ def test_identical_retries_racing_get_one_result(start_server: Callable[..., Ser
 
 
 @pytest.mark.timeout(120)
-def test_small_appends_on_a_large_table(start_server: Callable[..., ServerThread]) -> None:
-    server = start_server(boundaries=BOUNDARIES)
+def test_small_appends_on_a_large_table(start_server: Callable[..., ServerThread], workers: int) -> None:
+    server = start_server(boundaries=BOUNDARIES, workers=workers)
     log: list[Write] = []
 
     async def small_appends(stub: pb_grpc.EventStoreStub, what: str) -> None:
@@ -490,7 +499,7 @@ def test_small_appends_on_a_large_table(start_server: Callable[..., ServerThread
               f"16 writers x 20 appends {time.monotonic() - began:.2f}s")
 
     async def main() -> list[pb.Event]:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.EventStoreStub(channel)
             # First on the empty table, so that any plan cached then is the one used later.
             await small_appends(stub, "empty table")

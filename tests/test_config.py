@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orisun import __version__
-from orisun.config import VARIABLES, load_settings, parse_boundaries
+from orisun.config import VARIABLES, available_cpus, load_settings, parse_boundaries
 from orisun.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,6 +49,15 @@ def test_defaults_follow_the_contract() -> None:
     assert s.grpc_max_message_size >= 5000 * 2048
     assert s.nats_cluster_timeout == 60.0
     assert s.nats_cluster_routes == ("nats://localhost:6333", "nats://localhost:6334")
+    assert s.workers == available_cpus() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("value", "workers"), [("1", 1), ("4", 4), (" 2 ", 2), ("", None)])
+def test_workers_is_read_and_empty_means_the_default(
+    monkeypatch: pytest.MonkeyPatch, value: str, workers: int | None
+) -> None:
+    monkeypatch.setenv("ORISUN_WORKERS", value)
+    assert load_settings().workers == (workers or available_cpus())
 
 
 def test_root_default_data_dir_is_reachable_by_the_unprivileged_postgres_user() -> None:
@@ -138,6 +147,11 @@ INVALID = [
     ("ORISUN_PG_STARTUP_TIMEOUT", "never"),
     ("ORISUN_SHUTDOWN_TIMEOUT", "-3s"),
     ("ORISUN_GRPC_HOST", ""),
+    ("ORISUN_WORKERS", "0"),
+    ("ORISUN_WORKERS", "-1"),
+    ("ORISUN_WORKERS", "two"),
+    ("ORISUN_WORKERS", "1.5"),
+    ("ORISUN_WORKERS", "257"),
 ]
 
 

@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 import build
 from orisun.runtime.postgres import EmbeddedPostgres
+from orisun.runtime.workers import WORKER_FLAG
 from tests.brief import (
     BRIEF_GET_EVENTS,
     BRIEF_PUBLISH,
@@ -34,7 +35,15 @@ from tests.brief import (
     BRIEF_SUBSCRIBE_TO_EVENTS,
     BRIEF_SUBSCRIBE_TO_PUBSUB,
 )
-from tests.support import GrpcurlStream, fresh_database, grpcurl, shared_tmpdir, wait_for
+from tests.support import (
+    GrpcurlStream,
+    children_of,
+    command_line,
+    fresh_database,
+    grpcurl,
+    shared_tmpdir,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.executable, pytest.mark.timeout(300)]
 
@@ -386,11 +395,20 @@ def test_standalone_mode_serves_the_brief_examples_and_keeps_events_across_resta
     with fresh_database(postgres.conninfo, "test_exe") as conninfo:
         tmpdir = make_dir(scratch / "tmp")
         # The brief's Standalone Mode, in its order; ORISUN_DATA_DIR keeps the NATS store in the test's dir.
+        # With two worker processes serving gRPC (ORISUN_WORKERS), whatever this machine's CPUs.
         env = user_env(Path.home(), tmpdir, **pg_env(conninfo), ORISUN_PG_SCHEMAS=SCHEMAS,
                        ORISUN_GRPC_PORT=str(free_port()), ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
-                       ORISUN_DATA_DIR=str(make_dir(scratch / "data")))
+                       ORISUN_DATA_DIR=str(make_dir(scratch / "data")), ORISUN_WORKERS="2")
         first = launch(executable, env)
         first.wait_serving()
+        workers = [pid for pid in first.tree if WORKER_FLAG in command_line(pid)]
+        assert len(workers) == 2, f"{first.tree}\n{first.tail()}"
+        # The workers run from the folder the bootloader unpacked for the supervisor: one only.
+        assert len([p for p in tmpdir.iterdir() if p.name.startswith("_MEI")]) == 1, list(tmpdir.iterdir())
+        # ... and run Orisun directly: the supervisor (the bootloader's child) is their parent, no
+        # bootloader of their own in between.
+        assert all(pid in children_of(supervisor) for supervisor in children_of(first.proc.pid)
+                   for pid in workers), f"{first.tree}\n{first.tail()}"
         assert first.call("SaveEvents", BRIEF_SAVE_EVENTS) == SAVE_EXPECTED_RESULT
         user_stream = '{"boundary": "users", "stream": {"name": "user-1234"}}'
         users = first.call("GetEvents", user_stream)

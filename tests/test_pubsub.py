@@ -41,6 +41,7 @@ from orisun.runtime.postgres import EmbeddedPostgres
 from tests.brief import BRIEF_PUBLISH, BRIEF_SUBSCRIBE_TO_PUBSUB
 from tests.support import (
     ADMIN,
+    CHANNEL_OPTIONS,
     GrpcurlStream,
     LoopThread,
     ServerThread,
@@ -66,10 +67,10 @@ REDELIVERY_TIMEOUT = ACK_WAIT + DELIVERY_TIMEOUT
 # --- Fixtures and helpers ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pubsub_server(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def pubsub_server(postgres: EmbeddedPostgres, request: pytest.FixtureRequest) -> Iterator[ServerThread]:
     """One server for the module; every test uses its own subjects and consumer names."""
-    with running_server(postgres.conninfo, "test_pubsub", pubsub_ack_wait=ACK_WAIT) as server:
+    with running_server(postgres.conninfo, "test_pubsub", workers=request.param, pubsub_ack_wait=ACK_WAIT) as server:
         users = server.app.users
         assert users is not None
         server.call(users.create("Pub/sub reader", *READER, []))
@@ -133,7 +134,7 @@ class Subscriber(StreamReader[pb.SubscribeResponse]):
     ) -> None:
         self.subject = subject
         self.consumer_name = consumer_name
-        channel = grpc.insecure_channel(address or server.address, options=options)
+        channel = grpc.insecure_channel(address or server.address, options=[*CHANNEL_OPTIONS, *(options or [])])
         request = pb.SubscribeRequest(subject=subject, consumer_name=consumer_name)
         call = pb_grpc.EventStoreStub(channel).SubscribeToPubSub(request, metadata=auth_metadata(*auth), timeout=120)
         super().__init__(call, channel, f"subscription {consumer_name} on {subject}", pause_after=pause_after,
@@ -932,7 +933,7 @@ class Consumer:
         self._requests: queue.Queue[pb.ConsumeRequest | None] = queue.Queue()
         self._requests.put(first or pb.ConsumeRequest(subject=subject, consumer_name=consumer_name,
                                                       max_in_flight=max_in_flight))
-        self._channel = grpc.insecure_channel(server.address)
+        self._channel = grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS)
         self._call = pb_grpc.EventStoreStub(self._channel).ConsumePubSub(
             self._send(), metadata=auth_metadata(*auth) if auth else None, timeout=120)
         self._lock = threading.Lock()

@@ -8,9 +8,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,76 +17,20 @@ import pytest
 from loguru import logger
 from nats.errors import NoServersError
 
+from orisun.config import available_cpus
 from orisun.errors import StartupError
-from tests.support import ServerThread, grpcurl, server_settings, shared_tmpdir, wait_for
+from tests.support import (
+    OrisunProcess,
+    ServerThread,
+    alive,
+    free_port,
+    grpcurl,
+    server_settings,
+    shared_tmpdir,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class OrisunProcess:
-    """``python -m orisun`` (the same entry point as the ``orisun`` script) with its log collected."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orisun"],
-            env={**clean, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_serving(self, timeout: float = 60) -> None:
-        wait_for(lambda: "serving gRPC" in self.output or self.proc.poll() is not None, timeout, "Orisun to serve")
-        assert self.proc.poll() is None, self.output
-
-    def wait_exit(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def children(self) -> list[int]:
-        """PIDs whose parent is this process (the nats-server and postgres children)."""
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.proc.pid:
-                pids.append(int(stat.parent.name))
-        return pids
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -132,7 +73,11 @@ def test_embedded_default_serves_stops_cleanly_and_keeps_its_data(
         admin_id = conn.execute("SELECT id FROM orisun_admin.users WHERE username = 'admin'").fetchone()
 
     children = first.children()
-    assert len(children) == 2, first.output  # nats-server and postgres
+    # nats-server, postgres and, unset ORISUN_WORKERS meaning one per CPU, that many workers
+    # (one CPU: this process serves, without workers).
+    workers = available_cpus() if available_cpus() > 1 else 0
+    assert len(children) == 2 + workers, first.output
+    assert len(first.workers()) == workers, first.output
     first.proc.send_signal(signal.SIGTERM)
     assert first.wait_exit() == 0, first.output
     wait_for(lambda: not any(alive(pid) for pid in children), 10, "the children to be gone")

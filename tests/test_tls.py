@@ -40,9 +40,19 @@ from orisun.config import VARIABLES, load_settings
 from orisun.errors import ConfigError
 from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.tls import TlsFiles
-from tests.support import ADMIN, ServerThread, auth_metadata, basic, grpcurl_path, running_server, server_settings
+from tests.support import (
+    ADMIN,
+    OrisunProcess,
+    ServerThread,
+    auth_metadata,
+    basic,
+    free_port,
+    grpcurl_path,
+    running_server,
+    server_settings,
+    wait_for,
+)
 from tests.support import shared_tmpdir as make_tmpdir
-from tests.test_server_process import OrisunProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
 TLS_VARIABLES = ("ORISUN_TLS_CERT_FILE", "ORISUN_TLS_KEY_FILE", "ORISUN_TLS_CLIENT_CA_FILE")
@@ -352,8 +362,8 @@ def test_printed_grpcurl_line_runs_verbatim_against_a_tls_server(database: str, 
     process = OrisunProcess(env)
     try:
         process.wait_serving()
-        line = next((ln for ln in process.lines if "Try: grpcurl" in ln), None)
-        assert line is not None, process.output
+        line = wait_for(lambda: next((ln for ln in process.lines if "Try: grpcurl" in ln), None), 10,
+                        "the printed grpcurl line")
         command = shlex.split(line.split("Try: ", 1)[1])
         assert "-plaintext" not in command and command[1:3] == ["-cacert", str(cert_file)], command
         result = subprocess.run([grpcurl_path(), *command[1:]], capture_output=True, text=True, timeout=30)

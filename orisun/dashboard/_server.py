@@ -361,7 +361,7 @@ class Dashboard:
                  "head": p.head, "lag": p.lag}
                 for p in progress
             ],
-            "live": self.monitor.live(),
+            "live": await self.monitor.live(),
             "pubsub": [{"stream": c.stream, "subject": c.subject, "consumer_name": c.consumer_name,
                         "pending": c.pending, "ack_pending": c.ack_pending, "redelivered": c.redelivered}
                        for c in consumers],

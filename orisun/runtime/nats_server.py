@@ -141,6 +141,11 @@ class EmbeddedNats:
         return f"nats://{_client_host(self._options.host)}:{self._port}"
 
     @property
+    def password(self) -> str:
+        """Orisun's NATS password (for its workers' clients)."""
+        return self._options.password
+
+    @property
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
 
@@ -294,41 +299,47 @@ class EmbeddedNats:
 
     async def connect(self) -> nats.aio.client.Client:
         """A client authenticated as Orisun that reconnects forever (the server is supervised)."""
-        log = logger.bind(child="nats-client")
+        return await connect(self.url, self._options.username, self._options.password)
 
-        async def on_error(exc: Exception) -> None:
-            log.warning("NATS connection error: {}", exc)
 
-        async def on_disconnected() -> None:
-            if not client.is_closed:  # closing on purpose is no news
-                log.warning("disconnected from NATS at {}", self.url)
+async def connect(url: str, username: str, password: str) -> nats.aio.client.Client:
+    """A client of the NATS server at ``url``, authenticated as Orisun, that reconnects forever
+    (the server is supervised: by this process, or by the supervisor of a worker)."""
+    log = logger.bind(child="nats-client")
 
-        async def on_reconnected() -> None:
-            log.info("reconnected to NATS at {}", self.url)
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS connection error: {}", exc)
 
-        client = nats.aio.client.Client()
-        try:
-            # With max_reconnect_attempts=-1 even the first connect retries forever: bound it.
-            await asyncio.wait_for(
-                client.connect(
-                    servers=[self.url],
-                    user=self._options.username,
-                    password=self._options.password,
-                    name="orisun",
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]  # typed int, used as float
-                    connect_timeout=2,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnected,
-                    reconnected_cb=on_reconnected,
-                ),
-                _CONNECT_TIMEOUT,
-            )
-        except TimeoutError:
-            await client.close()
-            raise StartupError(f"cannot connect to the embedded NATS at {self.url}") from None
-        return client
+    async def on_disconnected() -> None:
+        if not client.is_closed:  # closing on purpose is no news
+            log.warning("disconnected from NATS at {}", url)
+
+    async def on_reconnected() -> None:
+        log.info("reconnected to NATS at {}", url)
+
+    client = nats.aio.client.Client()
+    try:
+        # With max_reconnect_attempts=-1 even the first connect retries forever: bound it.
+        await asyncio.wait_for(
+            client.connect(
+                servers=[url],
+                user=username,
+                password=password,
+                name="orisun",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]  # typed int, used as float
+                connect_timeout=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            ),
+            _CONNECT_TIMEOUT,
+        )
+    except TimeoutError:
+        await client.close()
+        raise StartupError(f"cannot connect to the embedded NATS at {url}") from None
+    return client
 
 
 async def _quiet(exc: Exception) -> None:

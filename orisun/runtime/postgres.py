@@ -133,8 +133,11 @@ class EmbeddedPostgres:
         *,
         on_fatal: Callable[[str], None] | None = None,
         bindir: Path | None = None,
+        max_connections: int = 100,
     ) -> None:
-        """``bindir`` overrides where the PostgreSQL binaries are (default: find_postgres_bindir())."""
+        """``bindir`` overrides where the PostgreSQL binaries are (default: find_postgres_bindir()).
+        ``max_connections`` must cover every Orisun process's pool and own connections."""
+        self._max_connections = max_connections
         self._bindir = bindir
         self._data_dir = data_dir.absolute()
         self._password_file = self._data_dir / "postgres.password"
@@ -181,6 +184,7 @@ class EmbeddedPostgres:
         self._port = check_port(_HOST, self._requested_port, port_variable="ORISUN_PG_EMBEDDED_PORT")
         argv = [str(bindir / f"postgres{_EXE}"), "-D", str(self._pgdata), "-p", str(self._port)]
         argv += ["-h", _HOST, "-c", "unix_socket_directories="]  # loopback TCP only, no Unix socket
+        argv += ["-c", f"max_connections={self._max_connections}"]
         self._child = ChildProcess(
             "postgres",
             argv,

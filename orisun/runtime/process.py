@@ -228,11 +228,20 @@ class ChildProcess:
         restart_window: float = 60.0,
         ready: Callable[[], Awaitable[None]] | None = None,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        stdin: bytes | None = None,
+        on_line: Callable[[str], None] | None = None,
+        relay_stderr: bool = False,
     ) -> None:
         """``ready`` is awaited after every spawn and must raise (StartupError) on its deadline.
 
         ``prepare`` is awaited before every spawn, restarts included (PostgreSQL uses it to wait
         for the backends of a killed postmaster to go away).
+
+        ``stdin`` is written to every spawn's standard input, which is then closed (a worker's
+        instructions: on a pipe, not in its environment or command line, as they hold secrets).
+        ``on_line`` is called with each line of standard output. With ``relay_stderr`` the
+        child's standard error is copied to Orisun's as it is (a worker's log lines, formatted
+        and levelled by the worker itself) rather than logged at DEBUG.
         """
         self.name = name
         self._argv = list(argv)
@@ -246,6 +255,9 @@ class ChildProcess:
         self._restart_window = restart_window
         self._ready = ready
         self._prepare = prepare
+        self._stdin = stdin
+        self._on_line = on_line
+        self._relay_stderr = relay_stderr
         self._log = logger.bind(child=name)
         self._proc: asyncio.subprocess.Process | None = None
         self._readers: list[asyncio.Task[None]] = []
@@ -308,7 +320,7 @@ class ChildProcess:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if self._stdin is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self._env,
@@ -320,7 +332,13 @@ class ChildProcess:
             raise StartupError(f"{self.name}: cannot run {self._argv[0]}: {exc}") from exc
         self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
-        self._readers = [asyncio.create_task(self._pump(stream)) for stream in (proc.stdout, proc.stderr)]
+        self._readers = [asyncio.create_task(self._pump(proc.stdout, self._on_line)),
+                         asyncio.create_task(self._pump(proc.stderr, None, relay=self._relay_stderr))]
+        if self._stdin is not None and proc.stdin is not None:
+            with contextlib.suppress(ConnectionError):  # a child dead at once: reported by its exit
+                proc.stdin.write(self._stdin)
+                await proc.stdin.drain()
+                proc.stdin.close()
         return proc
 
     async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
@@ -342,8 +360,9 @@ class ChildProcess:
             reason = str(exc) if isinstance(exc, StartupError) else f"{self.name} did not become ready: {exc}"
             raise StartupError(f"{reason}{_summary(self._tail)}") from exc
 
-    async def _pump(self, stream: asyncio.StreamReader) -> None:
-        """Copy the child's output into the log line by line, keeping the last lines."""
+    async def _pump(self, stream: asyncio.StreamReader, on_line: Callable[[str], None] | None,
+                    *, relay: bool = False) -> None:
+        """Copy the child's output into the log line by line (or relay it), keeping the last lines."""
         while True:
             try:
                 line = await stream.readline()
@@ -352,9 +371,16 @@ class ChildProcess:
             if not line:
                 return
             text = line.decode(errors="replace").rstrip()
-            if text:
-                self._tail.append(text)
+            if not text:
+                continue
+            self._tail.append(text)
+            if relay:
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+            else:
                 self._log.debug("{}", text)
+            if on_line is not None:
+                on_line(text)
 
     async def _drain(self) -> None:
         """Let the readers catch the child's last words before they are reported."""

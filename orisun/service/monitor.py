@@ -19,7 +19,8 @@ from nats.aio.client import Client
 from orisun.aio import cancel_and_wait
 from orisun.errors import InvalidArgument, OrisunError
 from orisun.service import validation
-from orisun.service.subscriptions import NamedSubscription, Subscriptions
+from orisun.service.node import NodeSubscriptions
+from orisun.service.subscriptions import NamedSubscription
 from orisun.storage.database import Database
 from orisun.storage.events import read_head
 from orisun.storage.stats import StreamInfo, boundary_stats, list_streams, ping
@@ -49,7 +50,7 @@ class BoundaryOverview:
     schema: str
     head: int
     streams: int
-    subscribers: int  # open SubscribeToEvents calls on this node
+    subscribers: int  # open SubscribeToEvents calls on this node (all its processes)
     write_rate: list[RatePoint]
 
 
@@ -75,7 +76,7 @@ class SubscriptionProgress:
 
 
 class Monitor:
-    def __init__(self, db: Database, nats_client: Client, subscriptions: Subscriptions) -> None:
+    def __init__(self, db: Database, nats_client: Client, subscriptions: NodeSubscriptions) -> None:
         self._db = db
         self._nats = nats_client
         self._subscriptions = subscriptions
@@ -111,7 +112,7 @@ class Monitor:
 
     async def overview(self) -> Overview:
         postgres, nats = await asyncio.gather(self._postgres_health(), self._nats_health())
-        live = self._subscriptions.live()
+        live = await self._subscriptions.live()
         boundaries = []
         for boundary, schema in self._db.boundaries.items():
             if postgres.ok:
@@ -155,12 +156,12 @@ class Monitor:
         return await read_head(self._db, self._db.schema(boundary))
 
     async def subscriptions(self) -> list[SubscriptionProgress]:
-        active = self._subscriptions.active()
+        active = await self._subscriptions.active()
         heads: dict[str, int] = {}
         for each in active:
             if each.boundary not in heads:
                 heads[each.boundary] = await self.head(each.boundary)
         return [SubscriptionProgress(each, heads[each.boundary]) for each in active]
 
-    def live(self) -> dict[str, int]:
-        return self._subscriptions.live()
+    async def live(self) -> dict[str, int]:
+        return await self._subscriptions.live()

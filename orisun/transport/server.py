@@ -35,7 +35,10 @@ class GrpcServer:
         port: int,
         max_message_size: int,
         tls: TlsMaterial | None = None,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: share the port with the other workers of this node (SO_REUSEPORT; the
+        supervisor checked that nothing else listens on it)."""
         self._host = host
         self._tls = tls
         self._requested_port = port
@@ -47,8 +50,9 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_size),
                 ("grpc.max_send_message_length", max_message_size + SEND_HEADROOM),
                 # gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port
-                # silently and steal half the connections. A port in use must be an error.
-                ("grpc.so_reuseport", 0),
+                # silently and steal half the connections. A port in use must be an error, except
+                # among the workers of one node, which share it on purpose.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 # Keepalive pings on connections with calls in progress: a client whose host
                 # vanished without closing its connection is noticed within KEEPALIVE_TIME +
                 # KEEPALIVE_TIMEOUT, which ends its calls: a subscriber_name is freed, and

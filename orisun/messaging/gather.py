@@ -1,0 +1,62 @@
+"""Scatter-gather over NATS: ask every process of a node for a JSON answer and collect them.
+
+A supervisor's dashboard shows the whole node, but each worker process knows only its own calls
+(its subscriptions, its live subscribers). Each worker answers on the node's subject; the
+supervisor publishes one request and collects the answers until it has one per worker or its
+deadline passes (a worker restarting is then simply missing from that one answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+
+async def answer(client: Client, subject: str, figures: Callable[[], Any]) -> Subscription:
+    """Answer every request on ``subject`` with ``figures()`` as JSON; unsubscribe to stop."""
+
+    async def reply(msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            await client.publish(msg.reply, json.dumps(figures(), separators=(",", ":")).encode())
+        except Exception as exc:  # NATS away: the asker counts this process as missing
+            logger.debug("cannot answer {}: {!r}", subject, exc)
+
+    return await client.subscribe(subject, cb=reply)
+
+
+async def gather(client: Client, subject: str, expected: int, within: float) -> list[Any]:
+    """The JSON answers to one request on ``subject``: ``expected`` of them, or fewer when
+    ``within`` seconds pass first."""
+    if expected <= 0:
+        return []
+    answers: list[Any] = []
+    complete = asyncio.Event()
+
+    async def collect(msg: Msg) -> None:
+        try:
+            answers.append(json.loads(msg.data))
+        except ValueError:
+            return
+        if len(answers) >= expected:
+            complete.set()
+
+    inbox = client.new_inbox()
+    subscription = await client.subscribe(inbox, cb=collect)
+    try:
+        await client.publish(subject, b"", reply=inbox)
+        try:
+            await asyncio.wait_for(complete.wait(), within)
+        except TimeoutError:
+            logger.debug("{}: {} of {} answers within {:g} s", subject, len(answers), expected, within)
+    finally:
+        await subscription.unsubscribe()
+    return answers[:expected]

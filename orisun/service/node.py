@@ -1,0 +1,77 @@
+"""The subscriptions of a whole node, whichever of its processes serves them (for the dashboard).
+
+With ``ORISUN_WORKERS`` above 1 a node is a supervisor and its worker processes, and each worker
+serves its own SubscribeToEvents calls. ``NodeSubscriptions`` sums them: the supervisor asks the
+workers over NATS (``messaging.gather``) and adds its own (the dashboard's live tails). With one
+process it is that process's ``Subscriptions``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from orisun.messaging import gather
+from orisun.model import Position
+from orisun.service.subscriptions import NamedSubscription, Subscriptions
+
+# How long the dashboard waits for the workers' answers; a worker that is restarting is left out.
+GATHER_TIMEOUT = 1.0
+
+
+def figures_subject(node: str) -> str:
+    """The NATS subject a node's workers answer on (``node``: the supervisor's random id)."""
+    return f"_orisun.node.{node}.subscriptions"
+
+
+def figures(subscriptions: Subscriptions) -> dict[str, Any]:
+    """One process's subscriptions as plain data (what a worker answers)."""
+    return {
+        "active": [[each.boundary, each.subscriber_name,
+                    *([each.position.commit, each.position.prepare] if each.position else [])]
+                   for each in subscriptions.active()],
+        "live": subscriptions.live(),
+    }
+
+
+async def answer_figures(client: Client, node: str, subscriptions: Subscriptions) -> Subscription:
+    """Answer the supervisor's requests for this worker's subscriptions."""
+    return await gather.answer(client, figures_subject(node), lambda: figures(subscriptions))
+
+
+class NodeSubscriptions:
+    """The named subscriptions and live subscriber counts of this process and, when ``workers``
+    says how many there are, of the node's worker processes."""
+
+    def __init__(self, local: Subscriptions, client: Client | None = None, node: str = "",
+                 workers: Callable[[], int] = lambda: 0) -> None:
+        self._local = local
+        self._client = client
+        self._node = node
+        self._workers = workers
+
+    async def _all(self) -> list[dict[str, Any]]:
+        everyone = [figures(self._local)]
+        if self._client is not None and self._workers() > 0:
+            everyone += await gather.gather(self._client, figures_subject(self._node), self._workers(), GATHER_TIMEOUT)
+        return everyone
+
+    async def active(self) -> list[NamedSubscription]:
+        """The named subscriptions served, by boundary and name."""
+        found = []
+        for each in await self._all():
+            for entry in each.get("active", []):
+                boundary, name, *position = entry
+                found.append(NamedSubscription(boundary, name, Position(*position) if position else None))
+        return sorted(found, key=lambda each: (each.boundary, each.subscriber_name))
+
+    async def live(self) -> dict[str, int]:
+        """How many subscriptions (named or not) are served, per boundary."""
+        total: collections.Counter[str] = collections.Counter()
+        for each in await self._all():
+            total.update({boundary: int(count) for boundary, count in each.get("live", {}).items()})
+        return {boundary: total[boundary] for boundary in self._local.live()}

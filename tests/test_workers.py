@@ -1,0 +1,402 @@
+"""Worker processes (``ORISUN_WORKERS``): a supervisor and its workers on one gRPC port.
+
+- the variable: invalid values exit 2 with one line naming it; a port in use (even by a listener
+  that allows SO_REUSEPORT) exits 1 naming ORISUN_GRPC_PORT, with nothing left running;
+- SIGTERM drains every worker, exits 0 and leaves no process behind; one feed publisher per
+  boundary across the node;
+- every guarantee across workers: calls spread over them, subscriber_name is exclusive, a changed
+  password is refused by every worker, the dashboard counts every worker's subscribers;
+- a worker SIGKILLed under load is restarted; no acknowledged event is lost and subscribers that
+  resume from their last position get every event once, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from orisun._proto import eventstore_pb2 as pb
+from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.runtime.postgres import EmbeddedPostgres
+from tests.support import (
+    CHANNEL_OPTIONS,
+    OrisunProcess,
+    ServerThread,
+    alive,
+    auth_metadata,
+    connections,
+    free_port,
+    grpcurl,
+    running_server,
+    wait_for,
+)
+from tests.test_dashboard_http import logged_in
+
+pytestmark = pytest.mark.timeout(120)
+
+BOUNDARY = "work"
+BOUNDARIES = {"orisun_admin": "orisun_admin", BOUNDARY: "work_store"}
+AUTH = auth_metadata()
+
+
+@pytest.fixture(scope="module")
+def node(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
+    """A supervisor with two workers, for the whole module."""
+    with running_server(postgres.conninfo, "test_workers", boundaries=BOUNDARIES, workers=2) as server:
+        yield server
+
+
+def worker_pids(server: ServerThread) -> list[int]:
+    assert server.app.workers is not None
+    return [pid for pid in server.app.workers.pids if pid is not None]
+
+
+def channel(server: ServerThread) -> grpc.Channel:
+    return grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS)
+
+
+def on_every_worker(server: ServerThread, tries: int = 40) -> list[grpc.Channel]:
+    """Channels (each its own connection), opened until every worker serves at least one."""
+    opened: list[grpc.Channel] = []
+    pids = worker_pids(server)
+    for _ in range(tries):
+        each = channel(server)
+        grpc.channel_ready_future(each).result(timeout=10)
+        opened.append(each)
+        if all(count > 0 for count in connections(pids, server.app.grpc_port).values()):
+            return opened
+    raise AssertionError(f"{tries} connections did not reach every worker: {connections(pids, server.app.grpc_port)}")
+
+
+def save(stub: pb_grpc.EventStoreStub, stream: str, expected: int, *event_ids: str) -> pb.WriteResult:
+    request = pb.SaveEventsRequest(
+        boundary=BOUNDARY, stream=pb.SaveStreamQuery(name=stream, expected_version=expected),
+        events=[pb.EventToSave(event_id=i, event_type="Worked", data='{"n": 1}') for i in event_ids])
+    result: pb.WriteResult = stub.SaveEvents(request, metadata=AUTH, timeout=30)
+    return result
+
+
+def read_all(stub: pb_grpc.EventStoreStub) -> list[pb.Event]:
+    events: list[pb.Event] = []
+    position = pb.Position(commit_position=0, prepare_position=0)
+    while True:
+        page = stub.GetEvents(pb.GetEventsRequest(boundary=BOUNDARY, from_position=position, count=1000,
+                                                  direction=pb.ASC), metadata=AUTH, timeout=30).events
+        events += [e for e in page if (e.position.commit_position, e.position.prepare_position) >
+                   (position.commit_position, position.prepare_position)]
+        if len(page) < 1000:
+            return events
+        position = page[-1].position
+
+
+# --- The variable and the port -------------------------------------------------------------------
+
+
+def external_pg_env(conninfo: str) -> dict[str, str]:
+    params = conninfo_to_dict(conninfo)
+    return {"ORISUN_PG_HOST": str(params["host"]), "ORISUN_PG_PORT": str(params["port"]),
+            "ORISUN_PG_USER": str(params["user"]), "ORISUN_PG_PASSWORD": str(params.get("password", "")),
+            "ORISUN_PG_NAME": str(params["dbname"])}
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain-listener", "reuseport-listener"])
+def test_a_grpc_port_in_use_exits_1_naming_the_variable_and_leaves_nothing(
+    database: str, data_dir: Path, reuse_port: bool
+) -> None:
+    """A listener that allows SO_REUSEPORT (as the workers' do) would share the port with the
+    workers without an error; the supervisor's check still refuses it."""
+    with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**external_pg_env(database), "ORISUN_DATA_DIR": str(data_dir), "ORISUN_WORKERS": "2",
+               "ORISUN_GRPC_HOST": "127.0.0.1", "ORISUN_GRPC_PORT": str(port), "ORISUN_NATS_PORT": "0",
+               "ORISUN_ADMIN_PORT": "0"}
+        process = OrisunProcess(env)
+        try:
+            assert process.wait_exit(60) == 1, process.output
+        finally:
+            process.kill()
+        assert "ORISUN_GRPC_PORT" in process.output and "in use" in process.output, process.output
+        assert "Traceback" not in process.output
+        assert not process.children(), "processes left behind"
+        assert "worker" not in process.output, "workers started although the port is taken"
+
+
+def test_sigterm_drains_every_worker_exits_0_and_leaves_nothing(database: str, data_dir: Path) -> None:
+    port = free_port()
+    env = {**external_pg_env(database), "ORISUN_DATA_DIR": str(data_dir), "ORISUN_WORKERS": "2",
+           "ORISUN_PG_SCHEMAS": "orders", "ORISUN_GRPC_HOST": "127.0.0.1", "ORISUN_GRPC_PORT": str(port),
+           "ORISUN_NATS_PORT": "0", "ORISUN_ADMIN_PORT": "0"}
+    process = OrisunProcess(env)
+    try:
+        process.wait_serving()
+        workers = process.workers()
+        assert len(workers) == 2, process.output
+        children = process.children()
+        assert len(children) == 3, process.output  # nats-server and the two workers (PostgreSQL is external)
+        listed = grpcurl(f"127.0.0.1:{port}", "list")
+        assert listed.returncode == 0 and "eventstore.EventStore" in listed.stdout, listed.stderr
+        # One feed publisher per boundary for the whole node (the supervisor's: it starts first).
+        for boundary in ("orders", "orisun_admin"):
+            assert process.output.count(f"now publishes the live feed of boundary '{boundary}'") == 1, process.output
+        # A subscription stays open through the stop: it is ended, not waited for.
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as open_channel:
+            call = pb_grpc.EventStoreStub(open_channel).SubscribeToEvents(
+                pb.CatchUpSubscribeToEventStoreRequest(boundary="orders"), metadata=AUTH, timeout=60)
+            wait_for(lambda: sum(connections(workers, port).values()) >= 1, 10, "the subscription to connect")
+            process.proc.send_signal(signal.SIGTERM)
+            assert process.wait_exit(60) == 0, process.output
+            with pytest.raises(grpc.RpcError):
+                next(call)
+        wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child to be gone")
+        for index in (1, 2):
+            assert f"worker {index} stopped (exit code 0)" in process.output, process.output
+        assert "Orisun stopped" in process.output
+    finally:
+        process.kill()
+
+
+# --- Every guarantee across workers --------------------------------------------------------------
+
+
+def test_calls_spread_over_every_worker_and_see_one_log(node: ServerThread) -> None:
+    """Writes through connections to both workers form one dense log that both serve."""
+    channels = on_every_worker(node)
+    try:
+        stubs = [pb_grpc.EventStoreStub(each) for each in channels]
+        stream = f"spread-{uuid.uuid4().hex[:8]}"
+        for version, stub in enumerate(stubs * 3):
+            save(stub, stream, version - 1, str(uuid.uuid4()))
+        logs = [[(e.stream_id, e.version) for e in read_all(stub) if e.stream_id == stream] for stub in stubs]
+        assert all(log == [(stream, v) for v in range(len(stubs) * 3)] for log in logs), logs
+    finally:
+        for each in channels:
+            each.close()
+
+
+def test_a_subscriber_name_is_exclusive_across_workers(node: ServerThread) -> None:
+    channels = on_every_worker(node)
+    name = f"exclusive-{uuid.uuid4().hex[:8]}"
+    calls: list[Any] = []
+    try:
+        request = pb.CatchUpSubscribeToEventStoreRequest(boundary=BOUNDARY, subscriber_name=name)
+        first = pb_grpc.EventStoreStub(channels[0]).SubscribeToEvents(request, metadata=AUTH, timeout=60)
+        calls.append(first)
+        save(pb_grpc.EventStoreStub(channels[0]), f"x-{name}", -1, str(uuid.uuid4()))
+        next(first)  # it holds the name now
+        for each in channels[1:]:  # one of them is on the other worker
+            second = pb_grpc.EventStoreStub(each).SubscribeToEvents(request, metadata=AUTH, timeout=60)
+            calls.append(second)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(second)
+            assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
+    finally:
+        for call in calls:
+            call.cancel()
+        for each in channels:
+            each.close()
+
+
+def test_a_changed_password_is_refused_by_every_worker(node: ServerThread) -> None:
+    username, old, new = f"w{uuid.uuid4().hex[:8]}", "old-password-1", "new-password-2"
+    users = node.app.users
+    assert users is not None
+    node.call(users.create("Worker test", username, old, []))
+    channels = on_every_worker(node)
+    try:
+        request = pb.GetEventsRequest(boundary=BOUNDARY, count=1, direction=pb.ASC)
+        for each in channels:  # every worker now has the old password in its cache
+            pb_grpc.EventStoreStub(each).GetEvents(request, metadata=auth_metadata(username, old), timeout=30)
+        node.call(users.change_password(username, new))
+
+        def refused_everywhere() -> bool:
+            for each in channels:
+                try:
+                    pb_grpc.EventStoreStub(each).GetEvents(request, metadata=auth_metadata(username, old), timeout=30)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc.details()
+                    continue
+                return False
+            return True
+
+        wait_for(refused_everywhere, 10, "every worker to refuse the old password")
+        for each in channels:
+            pb_grpc.EventStoreStub(each).GetEvents(request, metadata=auth_metadata(username, new), timeout=30)
+    finally:
+        for each in channels:
+            each.close()
+
+
+def test_the_dashboard_counts_the_subscribers_of_every_worker(node: ServerThread) -> None:
+    channels = on_every_worker(node)
+    names = [f"dash-{i}-{uuid.uuid4().hex[:6]}" for i in range(len(channels))]
+    calls = [pb_grpc.EventStoreStub(each).SubscribeToEvents(
+        pb.CatchUpSubscribeToEventStoreRequest(boundary=BOUNDARY, subscriber_name=name), metadata=AUTH, timeout=60)
+        for each, name in zip(channels, names, strict=True)]
+    try:
+        client = logged_in(node)
+
+        def listed() -> set[str]:
+            body = client.get("/api/subscriptions").body
+            return {each["subscriber_name"] for each in body["subscriptions"] if each["boundary"] == BOUNDARY}
+
+        wait_for(lambda: set(names) <= listed(), 20, "every worker's subscriptions on the dashboard")
+
+        def counted() -> int:
+            overview = client.get("/api/overview").body
+            return int(next(b["subscribers"] for b in overview["boundaries"] if b["boundary"] == BOUNDARY))
+
+        wait_for(lambda: counted() == len(names), 20, f"{len(names)} live subscribers in the overview")
+    finally:
+        for call in calls:
+            call.cancel()
+        for each in channels:
+            each.close()
+
+
+# --- A worker killed under load --------------------------------------------------------------------
+
+
+class Writer(threading.Thread):
+    """Appends one event at a time to its own stream until stopped; retries an ambiguous call
+    exactly (an idempotent retry); records what was acknowledged."""
+
+    def __init__(self, server: ServerThread, index: int) -> None:
+        super().__init__(name=f"writer-{index}", daemon=True)
+        self.server = server
+        self.stream = f"load-{index}-{uuid.uuid4().hex[:6]}"
+        self.acknowledged: list[str] = []
+        self.retries = 0
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.failure = exc
+
+    def _run(self) -> None:
+        each = channel(self.server)
+        version = -1
+        while not self.stopping.is_set():
+            event_id = str(uuid.uuid4())
+            while True:
+                try:
+                    save(pb_grpc.EventStoreStub(each), self.stream, version, event_id)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                          grpc.StatusCode.UNKNOWN):
+                        raise
+                    self.retries += 1
+                    each.close()
+                    each = channel(self.server)
+            self.acknowledged.append(event_id)
+            version += 1
+        each.close()
+
+
+class Follower(threading.Thread):
+    """SubscribeToEvents from the start; when its call fails, subscribes again after the last
+    event it received, as a client resuming from its checkpoint does."""
+
+    def __init__(self, server: ServerThread, index: int) -> None:
+        super().__init__(name=f"follower-{index}", daemon=True)
+        self.server = server
+        self.events: list[pb.Event] = []
+        self.lock = threading.Lock()
+        self.resumed = 0
+        self.stopping = threading.Event()
+        self.call: Any = None
+
+    def received(self) -> list[pb.Event]:
+        with self.lock:
+            return list(self.events)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            each = channel(self.server)
+            with self.lock:
+                after = self.events[-1].position if self.events else None
+            self.call = pb_grpc.EventStoreStub(each).SubscribeToEvents(
+                pb.CatchUpSubscribeToEventStoreRequest(boundary=BOUNDARY, position=after), metadata=AUTH, timeout=100)
+            try:
+                for event in self.call:
+                    with self.lock:
+                        self.events.append(event)
+            except grpc.RpcError:
+                if not self.stopping.is_set():
+                    self.resumed += 1
+            finally:
+                each.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.call is not None:
+            self.call.cancel()
+        self.join(10)
+
+
+def test_a_worker_killed_under_load_is_restarted_and_nothing_is_lost(node: ServerThread) -> None:
+    stub_channel = channel(node)
+    stub = pb_grpc.EventStoreStub(stub_channel)
+    start = read_all(stub)
+    followers = [Follower(node, i) for i in range(4)]
+    writers = [Writer(node, i) for i in range(4)]
+    for thread in (*followers, *writers):
+        thread.start()
+    try:
+        total = lambda: sum(len(w.acknowledged) for w in writers)  # noqa: E731
+        wait_for(lambda: total() >= 40, 30, "the writers to get going")
+        port = node.app.grpc_port
+        before = worker_pids(node)
+        served = connections(before, port)
+        victim = max(served, key=lambda pid: served[pid])
+        assert served[victim] > 0, served
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in worker_pids(node) and len(worker_pids(node)) == 2, 30,
+                 "the killed worker to be replaced")
+        wait_for(lambda: node.app.workers is not None and node.app.workers.running == 2, 30, "two workers running")
+        after_kill = total()
+        wait_for(lambda: total() >= after_kill + 40, 30, "writes to go on after the restart")
+    finally:
+        for writer in writers:
+            writer.stopping.set()
+        for writer in writers:
+            writer.join(30)
+    for writer in writers:
+        assert writer.failure is None, f"{writer.name}: {writer.failure!r}"
+    assert sum(w.retries for w in writers) + sum(f.resumed for f in followers) > 0, "nothing noticed the kill"
+
+    stored = read_all(stub)
+    new = stored[len(start):]
+    ids = [e.event_id for e in new]
+    assert len(ids) == len(set(ids)), "an event stored twice"
+    acknowledged = {i for w in writers for i in w.acknowledged}
+    assert acknowledged <= set(ids), f"{len(acknowledged - set(ids))} acknowledged events lost"
+    positions = [e.position.prepare_position for e in stored]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    try:
+        for follower in followers:
+            wait_for(lambda f=follower: len(f.received()) >= len(stored), 30, f"{follower.name} to catch up")
+            got = [(e.event_id, e.position.prepare_position) for e in follower.received()]
+            assert got == [(e.event_id, e.position.prepare_position) for e in stored], (
+                f"{follower.name} (resumed {follower.resumed} times) differs from the log")
+    finally:
+        for follower in followers:
+            follower.stop()
+        stub_channel.close()
