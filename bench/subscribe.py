@@ -403,7 +403,7 @@ def _catch_up(address: str, events: int, receiver: str, out: Connection) -> None
     """One SubscribeToEvents from the start, in this process: messages counted until ``events``;
     sends (seconds, CPU seconds of this process, messages counted, the last one's position).
 
-    ``receiver`` "h2": bench/_h2count.py, bytes off the socket, no message parsed (~8 µs of CPU per
+    ``receiver`` "h2": bench/_h2count.py, bytes off the socket, no message parsed (~7-15 µs of CPU per
     message here); "grpc": a Python gRPC stream call without a response deserializer (~40-60 µs)."""
     request = pb.CatchUpSubscribeToEventStoreRequest(boundary=BOUNDARY)
     cpu, began = time.process_time(), time.perf_counter()
