@@ -2,8 +2,10 @@
 
 Same proto and port options as Orisun; the authorization header is sent by the bench but not
 checked. SaveEvents answers a fixed WriteResult; GetEvents answers ``count`` prebuilt events
-(100 for a tag query, the bench's hit count), so replies are as large as Orisun's. What this
-process spends per call is what gRPC in Python costs before any Orisun code runs.
+(100 for a tag query, the bench's hit count), so replies are as large as Orisun's.
+SubscribeToEvents streams one prebuilt event at positions 1, 2, 3, ... until the client cancels,
+the ceiling of a catch-up. What this process spends per call is what gRPC in Python costs before any Orisun code
+runs.
 
     python bench/_bare.py PORT
 """
@@ -14,6 +16,7 @@ import asyncio
 import signal
 import sys
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -41,6 +44,14 @@ class Bare(pb_grpc.EventStoreServicer):
 
     async def SaveEvents(self, request: pb.SaveEventsRequest, context: object) -> pb.WriteResult:
         return self._written
+
+    async def SubscribeToEvents(self, request: pb.CatchUpSubscribeToEventStoreRequest,
+                                context: object) -> AsyncIterator[pb.Event]:
+        event = _event(0)
+        while True:
+            event.position.commit_position += 1
+            event.position.prepare_position += 1
+            yield event
 
     async def GetEvents(self, request: pb.GetEventsRequest, context: object) -> pb.GetEventsResponse:
         count = TAG_HITS if request.query.criteria else (request.count or 100)

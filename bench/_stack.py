@@ -49,6 +49,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_bare() -> tuple[subprocess.Popen[str], str]:
+    """bench/_bare.py, the do-nothing gRPC server, on a free port: (its process, its address)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_bare.py")), str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the bare gRPC server did not start")
+    return proc, f"127.0.0.1:{port}"
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     """(p50, p99) of latencies in seconds, in milliseconds."""
     ordered = sorted(samples)

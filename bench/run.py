@@ -53,7 +53,17 @@ import _h2client
 import _messagedb  # bench/ is on sys.path when a script here runs
 import grpc
 import psycopg
-from _stack import AUTH, OWN_CONNECTION, children, free_port, machine_cpu, orisun, percentiles, postgres, tree_cpu
+from _stack import (
+    AUTH,
+    OWN_CONNECTION,
+    children,
+    machine_cpu,
+    orisun,
+    percentiles,
+    postgres,
+    start_bare,
+    tree_cpu,
+)
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
@@ -384,16 +394,6 @@ def prefill_raw(conninfo: str, events: int, tenants: int) -> None:
                     cp.write_row(("tenant", f"t-{i % tenants}", i + 1))
         conn.execute("SELECT setval('raw_events_position_seq', %s)", (events,))
         conn.execute("VACUUM ANALYZE")  # what autovacuum would have done by now, for Orisun's tables too
-
-
-def start_bare() -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_bare.py")), str(port)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError("the bare gRPC server did not start")
-    return proc, f"127.0.0.1:{port}"
 
 
 def split(callers: int, processes: int) -> list[int]:
