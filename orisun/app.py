@@ -59,7 +59,7 @@ from orisun.service.commits import Commits
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
 from orisun.service.monitor import Monitor
-from orisun.service.node import NodeSubscriptions, answer_figures
+from orisun.service.node import NodeSubscriptions, answer_figures, share_logins
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
@@ -180,10 +180,10 @@ class Orisun:
                 ("live-feed", self._start_live_feed),
                 ("pubsub", self._start_pubsub),
                 ("grpc", self._start_grpc),
-                ("figures", self._start_figures),
+                ("node", self._start_node),
             ]
         serving = [("grpc", self._start_grpc)] if not self.supervising else []
-        workers = [("workers", self._start_workers)] if self.supervising else []
+        workers = [("node", self._start_node), ("workers", self._start_workers)] if self.supervising else []
         return [
             ("run-dir", self._start_run_dir),
             ("nats", self._start_nats),
@@ -383,11 +383,17 @@ class Orisun:
         logger.info("Stopping: draining in-flight calls (up to {:g}s)", self.settings.shutdown_timeout)
         await grpc.stop(self.settings.shutdown_timeout)
 
-    async def _start_figures(self, stops: contextlib.AsyncExitStack) -> None:
-        """A worker answers its supervisor's questions about its subscriptions (for the dashboard)."""
-        assert self.nats_client is not None and self.subscriptions is not None
-        answering = await answer_figures(self.nats_client, self.node, self.subscriptions)
-        stops.push_async_callback(self._unsubscribe, answering)
+    async def _start_node(self, stops: contextlib.AsyncExitStack) -> None:
+        """What makes a supervisor and its workers one node: a worker answers the supervisor's
+        questions about its subscriptions (for the dashboard), and every process counts the
+        node's failed logins (they throttle logins node-wide, as in one process)."""
+        assert self.nats_client is not None and self.users is not None
+        if self.worker is not None:
+            assert self.subscriptions is not None
+            answering = await answer_figures(self.nats_client, self.node, self.subscriptions)
+            stops.push_async_callback(self._unsubscribe, answering)
+        sharing = await share_logins(self.nats_client, self.node, self.users.throttle)
+        stops.push_async_callback(sharing.close)
 
     @staticmethod
     async def _unsubscribe(subscription: object) -> None:

@@ -41,7 +41,7 @@ from tests.support import (
     running_server,
     wait_for,
 )
-from tests.test_dashboard_http import logged_in
+from tests.test_dashboard_http import Client, logged_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -272,6 +272,65 @@ def test_a_changed_password_is_refused_by_every_worker(node: ServerThread) -> No
             pb_grpc.EventStoreStub(each).GetEvents(request, metadata=auth_metadata(username, new), timeout=30)
     finally:
         for each in channels:
+            each.close()
+
+
+def by_worker(server: ServerThread, tries: int = 40) -> dict[int, grpc.Channel]:
+    """A channel (its own connection) to each worker, by the worker's pid."""
+    pids, port = worker_pids(server), server.app.grpc_port
+    found: dict[int, grpc.Channel] = {}
+    for _ in range(tries):
+        before = connections(pids, port)
+        each = channel(server)
+        grpc.channel_ready_future(each).result(timeout=10)
+        after = connections(pids, port)
+        pid = next((p for p in pids if after[p] > before[p]), None)
+        if pid is not None and pid not in found:
+            found[pid] = each
+            if len(found) == len(pids):
+                return found
+        else:
+            each.close()
+    raise AssertionError(f"{tries} connections did not reach every worker")
+
+
+def test_failed_logins_are_throttled_across_every_worker_and_the_dashboard(postgres: EmbeddedPostgres) -> None:
+    """Guesses spread over the workers go no faster than sent to one: five failures on one worker
+    throttle new logins from that address on every worker and on the dashboard."""
+    with running_server(postgres.conninfo, "test_worker_logins", boundaries=BOUNDARIES, workers=2) as server:
+        users = server.app.users
+        assert users is not None
+        # Users never signed in: a login of theirs takes the full check, where the throttle applies.
+        fresh = [(f"fresh{i}", f"fresh-password-{i}") for i in range(12)]
+        for username, password in [("victim", "victim-password"), *fresh]:
+            server.call(users.create("Worker test", username, password, []))
+        channels = by_worker(server)
+        guessed, *others = channels.values()
+        request = pb.GetEventsRequest(boundary=BOUNDARY, count=1, direction=pb.ASC)
+        for attempt in range(5):
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.EventStoreStub(guessed).GetEvents(request, metadata=auth_metadata("victim", f"guess-{attempt}"),
+                                                          timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "too many" not in (refused.value.details() or ""), "throttled before the fifth failure"
+
+        unused = iter(fresh)
+
+        def throttled_on(each: grpc.Channel) -> bool:
+            username, password = next(unused)  # a success would cache that user: use each only once
+            try:
+                pb_grpc.EventStoreStub(each).GetEvents(request, metadata=auth_metadata(username, password), timeout=30)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc.details()
+                return "too many failed logins" in (exc.details() or "")
+            return False
+
+        for each in others:
+            wait_for(lambda each=each: throttled_on(each), 5, "the other worker to throttle logins from the address")
+        username, password = next(unused)
+        client = Client(server.dashboard_url)
+        wait_for(lambda: client.login(username, password).status == 429, 5, "the dashboard to throttle the address")
+        for each in channels.values():
             each.close()
 
 

@@ -1,4 +1,5 @@
-"""Scatter-gather over NATS: ask every process of a node for a JSON answer and collect them.
+"""Between the processes of a node over NATS: scatter-gather (ask every process for a JSON answer
+and collect them) and broadcast (tell every other process something, in JSON).
 
 A supervisor's dashboard shows the whole node, but each worker process knows only its own calls
 (its subscriptions, its live subscribers). Each worker answers on the node's subject; the
@@ -9,7 +10,9 @@ deadline passes (a worker restarting is then simply missing from that one answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -60,3 +63,43 @@ async def gather(client: Client, subject: str, expected: int, within: float) -> 
     finally:
         await subscription.unsubscribe()
     return answers[:expected]
+
+
+class Broadcast:
+    """JSON messages on ``subject`` to every other process listening on it (not back to this one)."""
+
+    def __init__(self, client: Client, subject: str) -> None:
+        self._client = client
+        self._subject = subject
+        self._origin = uuid.uuid4().hex  # this process: its own messages come back and are skipped
+        self._sending: set[asyncio.Task[None]] = set()
+        self._subscription: Subscription | None = None
+
+    async def listen(self, on_message: Callable[[Any], None]) -> None:
+        async def receive(msg: Msg) -> None:
+            try:
+                origin, body = json.loads(msg.data)
+            except ValueError:
+                return
+            if origin != self._origin:
+                on_message(body)
+
+        self._subscription = await self._client.subscribe(self._subject, cb=receive)
+
+    def send(self, body: Any) -> None:
+        """Send without waiting (callable from synchronous code on the event loop)."""
+        payload = json.dumps([self._origin, body], separators=(",", ":")).encode()
+        task = asyncio.get_running_loop().create_task(self._publish(payload))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, payload: bytes) -> None:
+        try:
+            await self._client.publish(self._subject, payload)
+        except Exception as exc:  # NATS away: the other processes miss this one report
+            logger.debug("cannot broadcast on {}: {!r}", self._subject, exc)
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()

@@ -1,9 +1,13 @@
-"""The subscriptions of a whole node, whichever of its processes serves them (for the dashboard).
+"""One whole node across its processes: its subscriptions (for the dashboard) and its failed logins.
 
 With ``ORISUN_WORKERS`` above 1 a node is a supervisor and its worker processes, and each worker
 serves its own SubscribeToEvents calls. ``NodeSubscriptions`` sums them: the supervisor asks the
 workers over NATS (``messaging.gather``) and adds its own (the dashboard's live tails). With one
 process it is that process's ``Subscriptions``.
+
+``share_logins`` makes the failed-login throttle one per node again: each process tells the
+others of every failure and success it counts, so that spreading password guesses over the
+workers (and the dashboard) goes no faster than sending them all to one process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from nats.aio.subscription import Subscription
 from orisun.messaging import gather
 from orisun.model import Position
 from orisun.service.subscriptions import NamedSubscription, Subscriptions
+from orisun.service.throttle import LoginThrottle
 
 # How long the dashboard waits for the workers' answers; a worker that is restarting is left out.
 GATHER_TIMEOUT = 1.0
@@ -26,6 +31,31 @@ GATHER_TIMEOUT = 1.0
 def figures_subject(node: str) -> str:
     """The NATS subject a node's workers answer on (``node``: the supervisor's random id)."""
     return f"_orisun.node.{node}.subscriptions"
+
+
+def logins_subject(node: str) -> str:
+    return f"_orisun.node.{node}.logins"
+
+
+async def share_logins(client: Client, node: str, throttle: LoginThrottle) -> gather.Broadcast:
+    """Count the failed and successful logins of the node's other processes in ``throttle``, and
+    tell them of this one's; close the returned broadcast to stop."""
+    broadcast = gather.Broadcast(client, logins_subject(node))
+
+    def counted(body: Any) -> None:
+        if not (isinstance(body, list) and len(body) == 3):
+            return
+        outcome, username, address = body
+        if not isinstance(username, str) or not isinstance(address, (str, type(None))):
+            return
+        if outcome == "failed" and address is not None:
+            throttle.failed(username, address, announce=False)
+        elif outcome == "succeeded":
+            throttle.succeeded(username, address, announce=False)
+
+    await broadcast.listen(counted)
+    throttle.announce = lambda outcome, username, address: broadcast.send([outcome, username, address])
+    return broadcast
 
 
 def figures(subscriptions: Subscriptions) -> dict[str, Any]:

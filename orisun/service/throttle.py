@@ -1,9 +1,11 @@
-"""The slowing down of failed logins, one per node, shared by the gRPC API and the dashboard."""
+"""The slowing down of failed logins, one per node, shared by the gRPC API and the dashboard (and,
+with workers, by every process of the node: see ``orisun.service.node.share_logins``)."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orisun.errors import Unauthenticated
@@ -43,6 +45,10 @@ class LoginThrottle:
         self.window = window
         self.max_delay = max_delay
         self._failures: dict[str, _Failures] = {}
+        # Told of each failure and success counted here, (outcome, username, address), so that the
+        # node's other processes count them too; their reports come back through ``failed`` and
+        # ``succeeded`` with ``announce=False``.
+        self.announce: Callable[[str, str, str | None], None] | None = None
 
     @staticmethod
     def _user(username: str) -> str:
@@ -84,7 +90,9 @@ class LoginThrottle:
             return 0.0
         return self._wait(self._pair(username, address), time.monotonic())
 
-    def failed(self, username: str, address: str) -> None:
+    def failed(self, username: str, address: str, *, announce: bool = True) -> None:
+        if announce and self.announce is not None:
+            self.announce("failed", username, address)
         now = time.monotonic()
         for key in (self._user(username), self._address(address), self._pair(username, address)):
             failures = self._failures.setdefault(key, _Failures(first=now))
@@ -96,7 +104,9 @@ class LoginThrottle:
             if len(self._failures) > self.MAX_KEYS:
                 self._failures.clear()
 
-    def succeeded(self, username: str, address: str | None = None) -> None:
+    def succeeded(self, username: str, address: str | None = None, *, announce: bool = True) -> None:
+        if announce and self.announce is not None:
+            self.announce("succeeded", username, address)
         self._failures.pop(self._user(username), None)
         if address is not None:
             self._failures.pop(self._pair(username, address), None)
