@@ -27,7 +27,7 @@ from psycopg import sql
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.runtime.postgres import EmbeddedPostgres
-from tests.support import LoopThread, ServerThread, server_settings, shared_tmpdir, wait_for
+from tests.support import CHANNEL_OPTIONS, LoopThread, ServerThread, server_settings, shared_tmpdir, wait_for
 from tests.test_concurrency import AMBIGUOUS, AUTH, BOUNDARIES, BOUNDARY, Write, new_events, read_all, save, verify
 
 pytestmark = pytest.mark.timeout(120)
@@ -320,7 +320,8 @@ def stop_while_writing(
             version = write.result.new_stream_version
 
     async def main() -> None:
-        channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
+        # Connections of their own: with workers, the kernel spreads them over the processes.
+        channels = [grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) for _ in range(4)]
         try:
             stubs = [pb_grpc.EventStoreStub(c) for c in channels]
             await asyncio.gather(*(writer(stubs[w % 4], w) for w in range(writers)))
@@ -354,12 +355,14 @@ def stop_while_writing(
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_graceful_shutdown_finishes_in_flight_writes(
-    start_server: Callable[..., ServerThread], database: str
+    start_server: Callable[..., ServerThread], database: str, workers: int
 ) -> None:
     """Big writes in flight when the server stops still commit and are acknowledged; every
-    acknowledged write is in PostgreSQL; no write is stored whose client got an error."""
-    server = start_server(boundaries=BOUNDARIES, shutdown_timeout=10.0)
+    acknowledged write is in PostgreSQL; no write is stored whose client got an error. With
+    workers, each worker drains its own calls when the supervisor stops them."""
+    server = start_server(boundaries=BOUNDARIES, shutdown_timeout=10.0, workers=workers)
     big = 10_000  # the most a request may hold: a big write is unanswered for over 0.5 s during most of its life
 
     def big_writes_running(log: list[Write]) -> list[Write]:
@@ -393,10 +396,13 @@ def test_graceful_shutdown_finishes_in_flight_writes(
 
 
 @pytest.mark.timeout(60)
-def test_calls_at_shutdown_are_answered_unavailable_not_cancelled(start_server: Callable[..., ServerThread]) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_calls_at_shutdown_are_answered_unavailable_not_cancelled(
+    start_server: Callable[..., ServerThread], workers: int
+) -> None:
     """Many callers sending when the server stops: each call either completes or is answered
     UNAVAILABLE (retry elsewhere), never CANCELLED, which a client reads as its own doing."""
-    server = start_server(boundaries=BOUNDARIES, shutdown_timeout=10.0)
+    server = start_server(boundaries=BOUNDARIES, shutdown_timeout=10.0, workers=workers)
     log, _ = stop_while_writing(server, 48, lambda w: 1, lambda log: acked(log) >= 300)
     codes: dict[str, int] = defaultdict(int)
     for w in log:
