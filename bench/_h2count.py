@@ -16,34 +16,13 @@ from __future__ import annotations
 import contextlib
 import socket
 
+from _h2client import _frame, _literal  # bench/ is on sys.path when a script here runs
+
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7, 0x8
 _END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
 _MAX_WINDOW = (1 << 31) - 1
 _INITIAL_WINDOW = 65_535
 _STREAM = 1
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
-
-
-def _hpack_int(value: int, prefix_bits: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((value,))
-    out = bytearray((limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: str, value: str) -> bytes:
-    """A header field as an HPACK literal without indexing, with a literal name, no Huffman."""
-    raw_name, raw_value = name.encode(), value.encode()
-    return b"\x00" + _hpack_int(len(raw_name), 7) + raw_name + _hpack_int(len(raw_value), 7) + raw_value
 
 
 class H2Call:

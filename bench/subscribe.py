@@ -488,9 +488,9 @@ def main() -> None:
                         help="subscribers', writer's and catch-up's client: hand-spoken HTTP/2 (default, "
                         "cheap: bench/_h2count.py, bench/_h2client.py) or Python gRPC")
     parser.add_argument("--catchup-client", choices=("h2", "grpc"), default="grpc",
-                        help="the catch-up's receiver (default Python gRPC: the hand-spoken HTTP/2 reader drains "
-                        "the socket so fast that gRPC sends each message alone, which costs the server ~3x the CPU "
-                        "per message: measured on the bare server, 70 µs vs 22-28)")
+                        help="the catch-up's receiver (default Python gRPC: over long streams the hand-spoken "
+                        "HTTP/2 reader made the bare server spend ~3x the CPU per message, 70 µs vs 22-28; see "
+                        "the README)")
     parser.add_argument("--only", choices=("live", "catchup"), help="run one part only")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()

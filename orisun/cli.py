@@ -14,8 +14,8 @@ import pickle
 import shlex
 import signal
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -56,15 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.logging_level)
     clean_up = follow_bootloader()
     try:
+        return _run(_serve(settings))
+    finally:
+        clean_up()
+
+
+def _run(serve: Coroutine[Any, Any, int]) -> int:
+    """Run ``serve`` (on uvloop where installed) to its exit status; 1 when it cannot start."""
+    try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve(settings))
+            return runner.run(serve)
     except StartupError as exc:
         logger.error("Cannot start: {}", exc)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return 130
-    finally:
-        clean_up()
 
 
 def _worker() -> int:
@@ -75,14 +81,7 @@ def _worker() -> int:
         return 2
     spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read())  # from the supervisor, through a private pipe
     setup_logging(spec.settings.logging_level, process=f"worker {spec.index}")
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve_worker(spec))
-    except StartupError as exc:
-        logger.error("Cannot start: {}", exc)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return _run(_serve_worker(spec))
 
 
 async def _serve_worker(spec: WorkerSpec) -> int:
