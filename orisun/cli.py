@@ -75,11 +75,15 @@ def _run(serve: Coroutine[Any, Any, int]) -> int:
 
 def _worker() -> int:
     """A worker process: its instructions come pickled on stdin from the supervisor, its parent."""
+    refusal = f"orisun: {WORKER_FLAG} is how Orisun starts its own worker processes; run orisun without it"
     if sys.stdin.isatty():
-        print(f"orisun: {WORKER_FLAG} is how Orisun starts its own worker processes; run orisun without it",
-              file=sys.stderr)
+        print(refusal, file=sys.stderr)
         return 2
-    spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read())  # from the supervisor, through a private pipe
+    try:
+        spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read())  # from the supervisor, through a private pipe
+    except Exception:  # not the supervisor's instructions: someone ran it by hand
+        print(refusal, file=sys.stderr)
+        return 2
     setup_logging(spec.settings.logging_level, process=f"worker {spec.index}")
     return _run(_serve_worker(spec))
 

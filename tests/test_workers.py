@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -101,6 +103,15 @@ def read_all(stub: pb_grpc.EventStoreStub) -> list[pb.Event]:
 
 
 # --- The variable and the port -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stdin", [b"", b"not the supervisor's instructions\n"], ids=["empty", "garbage"])
+def test_worker_flag_run_by_hand_exits_2_with_one_line(stdin: bytes) -> None:
+    """--worker is the supervisor's; run by hand, it says so instead of a traceback."""
+    done = subprocess.run([sys.executable, "-m", "orisun", "--worker"], input=stdin, capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "--worker" in lines[0] and "Traceback" not in lines[0], done.stderr
 
 
 def external_pg_env(conninfo: str) -> dict[str, str]:
