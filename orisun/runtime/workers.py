@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from orisun.errors import StartupError
 from orisun.runtime.process import ChildProcess
@@ -36,29 +36,25 @@ def worker_command() -> list[str]:
 
 
 class _ReadyLine:
-    """Whether the current spawn of a worker printed READY."""
+    """Whether the current spawn of a worker printed READY: cleared before each spawn (``clear``),
+    set by the worker's output (``seen``), awaited with a deadline (``wait``)."""
 
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._event = asyncio.Event()
 
     def seen(self, line: str) -> None:
         if line == READY:
-            self.event.set()
+            self._event.set()
 
     async def clear(self) -> None:
-        self.event.clear()
+        self._event.clear()
 
-
-def _ready_line() -> tuple[_ReadyLine, Callable[[], Awaitable[None]]]:
-    line = _ReadyLine()
-
-    async def ready() -> None:
+    async def wait(self) -> None:
         try:
-            await asyncio.wait_for(line.event.wait(), _READY_TIMEOUT)
+            await asyncio.wait_for(self._event.wait(), _READY_TIMEOUT)
         except TimeoutError:
-            raise StartupError(f"a worker did not start serving within {_READY_TIMEOUT:g} s") from None
-
-    return line, ready
+            raise StartupError(f"{self._name} did not start serving within {_READY_TIMEOUT:g} s") from None
 
 
 class Workers:
@@ -71,17 +67,17 @@ class Workers:
         self.count = count
         self._children: list[ChildProcess] = []
         for index in range(1, count + 1):
-            prepare, ready = _ready_line()
+            line = _ReadyLine(f"worker {index}")
             self._children.append(ChildProcess(
                 f"worker {index}",
                 list(argv or worker_command()),
                 stdin=instructions(index),
-                on_line=prepare.seen,
+                on_line=line.seen,
                 relay_stderr=True,
                 stop_timeout=stop_timeout,
                 on_fatal=on_fatal,
-                prepare=prepare.clear,
-                ready=ready,
+                prepare=line.clear,
+                ready=line.wait,
             ))
 
     @property
