@@ -69,7 +69,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_WORKERS", "(the number of CPUs available)", "Worker processes serving gRPC, all on "
              "ORISUN_GRPC_PORT. 1 serves everything from one process; with more, a supervisor process runs "
              "NATS, the embedded PostgreSQL and the dashboard, and restarts a worker that dies. Each process "
-             "opens up to ORISUN_PG_POOL_SIZE + 6 PostgreSQL connections."),
+             "opens up to ORISUN_PG_POOL_SIZE + 6 PostgreSQL connections, plus one per boundary."),
     Variable("ORISUN_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE),
              "Largest gRPC message accepted or sent, in bytes."),
     Variable("ORISUN_SHUTDOWN_TIMEOUT", "10s", "How long SIGTERM/SIGINT waits for in-flight calls."),
