@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -153,5 +154,41 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
         with socket.socket() as probe:  # and the port is free again
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", embedded.port))
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["cancelled", "timed-out"])
+def test_a_flush_that_ends_before_its_pong_leaves_the_client_working(tmp_path: Path, how: str) -> None:
+    """nats-py answers each PONG by setting the result of the oldest flush's future, also when that
+    flush was cancelled (its caller's call was cancelled: a client going away mid-SubscribeToPubSub)
+    or timed out; the InvalidStateError then kills the client's read loop and every later request
+    times out (seen in a worker under the pub/sub suite). Orisun's client skips such futures."""
+
+    async def main() -> None:
+        embedded = server(tmp_path)
+        await embedded.start()
+        try:
+            client = await embedded.connect()
+            try:
+                if how == "cancelled":
+                    flushing = asyncio.ensure_future(client.flush(timeout=5))
+                    await asyncio.sleep(0)  # the PING is queued, its future waits in the client
+                    flushing.cancel()
+                    await asyncio.gather(flushing, return_exceptions=True)
+                else:
+                    with contextlib.suppress(nats.errors.TimeoutError):
+                        await client.flush(timeout=0.000001)  # ends before any PONG can arrive
+                for _ in range(3):  # each PONG, the late one included, must leave the client working
+                    await client.flush(timeout=5)
+                subscription = await client.subscribe("after")
+                await client.publish("after", b"still here")
+                assert (await subscription.next_msg(timeout=5)).data == b"still here"
+                assert client.is_connected
+            finally:
+                await client.close()
+        finally:
+            await embedded.stop()
 
     asyncio.run(main())

@@ -302,6 +302,25 @@ class EmbeddedNats:
         return await connect(self.url, self._options.username, self._options.password)
 
 
+class _Client(nats.aio.client.Client):
+    """nats-py's client, but a PONG for a flush that already ended leaves it working.
+
+    nats-py keeps one future per PING sent and sets the oldest one's result at each PONG, also
+    when that flush was cancelled (the call awaiting it was: a client leaving SubscribeToPubSub
+    while its messages are given back) or timed out. The InvalidStateError then ends the read
+    loop, and every later request on the connection times out (seen in a worker under load).
+    PONGs still answer PINGs in order, so the future is consumed either way; only its result is
+    not set when nobody waits for it any more."""
+
+    async def _process_pong(self) -> None:
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+
+
 async def connect(url: str, username: str, password: str) -> nats.aio.client.Client:
     """A client of the NATS server at ``url``, authenticated as Orisun, that reconnects forever
     (the server is supervised: by this process, or by the supervisor of a worker)."""
@@ -317,7 +336,7 @@ async def connect(url: str, username: str, password: str) -> nats.aio.client.Cli
     async def on_reconnected() -> None:
         log.info("reconnected to NATS at {}", url)
 
-    client = nats.aio.client.Client()
+    client = _Client()
     try:
         # With max_reconnect_attempts=-1 even the first connect retries forever: bound it.
         await asyncio.wait_for(
