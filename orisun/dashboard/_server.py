@@ -351,7 +351,7 @@ class Dashboard:
         })
 
     async def list_subscriptions(self, request: web.Request) -> web.StreamResponse:
-        progress = await self.monitor.subscriptions()
+        progress, live = await self.monitor.subscriptions()
         consumers = await self.pubsub.consumers()
         return web.json_response({
             "subscriptions": [
@@ -361,7 +361,7 @@ class Dashboard:
                  "head": p.head, "lag": p.lag}
                 for p in progress
             ],
-            "live": await self.monitor.live(),
+            "live": live,
             "pubsub": [{"stream": c.stream, "subject": c.subject, "consumer_name": c.consumer_name,
                         "pending": c.pending, "ack_pending": c.ack_pending, "redelivered": c.redelivered}
                        for c in consumers],

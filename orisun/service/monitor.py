@@ -112,7 +112,7 @@ class Monitor:
 
     async def overview(self) -> Overview:
         postgres, nats = await asyncio.gather(self._postgres_health(), self._nats_health())
-        live = await self._subscriptions.live()
+        live = (await self._subscriptions.snapshot()).live
         boundaries = []
         for boundary, schema in self._db.boundaries.items():
             if postgres.ok:
@@ -155,13 +155,12 @@ class Monitor:
         validation.check_boundary(boundary)
         return await read_head(self._db, self._db.schema(boundary))
 
-    async def subscriptions(self) -> list[SubscriptionProgress]:
-        active = await self._subscriptions.active()
+    async def subscriptions(self) -> tuple[list[SubscriptionProgress], dict[str, int]]:
+        """The named subscriptions with their progress, and the live subscriber counts per boundary
+        (both from one round of the workers' answers)."""
+        snapshot = await self._subscriptions.snapshot()
         heads: dict[str, int] = {}
-        for each in active:
+        for each in snapshot.active:
             if each.boundary not in heads:
                 heads[each.boundary] = await self.head(each.boundary)
-        return [SubscriptionProgress(each, heads[each.boundary]) for each in active]
-
-    async def live(self) -> dict[str, int]:
-        return await self._subscriptions.live()
+        return [SubscriptionProgress(each, heads[each.boundary]) for each in snapshot.active], snapshot.live

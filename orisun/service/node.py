@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
@@ -73,6 +74,12 @@ async def answer_figures(client: Client, node: str, subscriptions: Subscriptions
     return await gather.answer(client, figures_subject(node), lambda: figures(subscriptions))
 
 
+@dataclass(frozen=True)
+class NodeSnapshot:
+    active: list[NamedSubscription]
+    live: dict[str, int]  # boundary -> subscriptions served
+
+
 class NodeSubscriptions:
     """The named subscriptions and live subscriber counts of this process and, when ``workers``
     says how many there are, of the node's worker processes."""
@@ -90,18 +97,15 @@ class NodeSubscriptions:
             everyone += await gather.gather(self._client, figures_subject(self._node), self._workers(), GATHER_TIMEOUT)
         return everyone
 
-    async def active(self) -> list[NamedSubscription]:
-        """The named subscriptions served, by boundary and name."""
+    async def snapshot(self) -> NodeSnapshot:
+        """The named subscriptions served (by boundary and name) and how many subscriptions (named
+        or not) are served per boundary, from one round of answers."""
         found = []
+        total: collections.Counter[str] = collections.Counter()
         for each in await self._all():
             for entry in each.get("active", []):
                 boundary, name, *position = entry
                 found.append(NamedSubscription(boundary, name, Position(*position) if position else None))
-        return sorted(found, key=lambda each: (each.boundary, each.subscriber_name))
-
-    async def live(self) -> dict[str, int]:
-        """How many subscriptions (named or not) are served, per boundary."""
-        total: collections.Counter[str] = collections.Counter()
-        for each in await self._all():
             total.update({boundary: int(count) for boundary, count in each.get("live", {}).items()})
-        return {boundary: total[boundary] for boundary in self._local.live()}
+        return NodeSnapshot(sorted(found, key=lambda each: (each.boundary, each.subscriber_name)),
+                            {boundary: total[boundary] for boundary in self._local.live()})
