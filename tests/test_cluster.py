@@ -33,7 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.runtime.postgres import EmbeddedPostgres
-from tests.support import alive, auth_metadata, free_port, fresh_database, shared_tmpdir, wait_for
+from tests.support import alive, auth_metadata, children_of, free_port, fresh_database, shared_tmpdir, wait_for
 from tests.test_concurrency import AMBIGUOUS, Write, new_events, verify
 
 BOUNDARY = "orders"
@@ -55,15 +55,6 @@ def free_ports(count: int) -> list[int]:
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 class Node:
@@ -543,7 +534,7 @@ def test_losing_a_node_mid_load_loses_nothing(cluster: Cluster) -> None:
 
     wait(lambda: progress(50, 50), 60, "the load to get going", cluster.nodes)
     assert victim.proc is not None
-    doomed = children(victim.proc.pid)
+    doomed = children_of(victim.proc.pid)
     killed_wall, killed_at = datetime.now(), time.monotonic()
     os.kill(victim.proc.pid, signal.SIGKILL)  # this test's own node process
     victim.proc.wait(10)
