@@ -55,6 +55,7 @@ from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
 from orisun.runtime.process import check_port
 from orisun.runtime.rundir import make_run_dir
 from orisun.runtime.workers import Workers
+from orisun.service.boundaries import Boundaries
 from orisun.service.commits import Commits
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
@@ -125,6 +126,7 @@ class Orisun:
         self.nats_client: NatsClient | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.db: Database | None = None
+        self.boundaries: Boundaries | None = None
         self.users: Users | None = None
         self.events: EventStore | None = None
         self.locks: SessionLocks | None = None
@@ -299,6 +301,7 @@ class Orisun:
         logger.info("Connected to PostgreSQL at {}", describe(self._conninfo))
         if self.worker is None:  # the supervisor migrated before it started the workers
             await migrate(self.db, s.admin_boundary)
+        self.boundaries = Boundaries(self.db)
 
     async def _start_users(self, stops: contextlib.AsyncExitStack) -> None:
         s = self.settings
@@ -363,13 +366,14 @@ class Orisun:
     async def _start_grpc(self, stops: contextlib.AsyncExitStack) -> None:
         s = self.settings
         assert self.users is not None and self.events is not None and self.subscriptions is not None
-        assert self.pubsub is not None
+        assert self.pubsub is not None and self.boundaries is not None
         material, _ = self._tls()
         self.grpc = GrpcServer(
             self.users,
             self.events,
             self.subscriptions,
             self.pubsub,
+            self.boundaries,
             host=s.grpc_host,
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,
@@ -437,9 +441,10 @@ class Orisun:
     async def _start_dashboard(self, stops: contextlib.AsyncExitStack) -> None:
         s = self.settings
         assert self.users is not None and self.events is not None and self.subscriptions is not None
-        assert self.pubsub is not None and self.monitor is not None
+        assert self.pubsub is not None and self.monitor is not None and self.boundaries is not None
         self.dashboard = Dashboard(users=self.users, events=self.events, subscriptions=self.subscriptions,
-                                   pubsub=self.pubsub, monitor=self.monitor, version=__version__,
+                                   pubsub=self.pubsub, monitor=self.monitor, boundaries=self.boundaries,
+                                   version=__version__,
                                    host=s.grpc_host, port=s.admin_port, ssl_context=self._tls()[1])
         stops.push_async_callback(self.dashboard.stop)
         await self.dashboard.start()

@@ -37,6 +37,11 @@ class AlreadyExists(OrisunError):
     """A concurrency conflict, a duplicate event id or a subscriber name already taken."""
 
 
+class FailedPrecondition(OrisunError):
+    """The request is valid but the system is not in a state to carry it out (e.g. a schema that
+    exists already without being asked to adopt it)."""
+
+
 class Unauthenticated(OrisunError):
     """Missing or wrong credentials."""
 

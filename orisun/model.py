@@ -34,6 +34,22 @@ class User:
         return bool(self.roles & WRITE_ROLES)
 
 
+# --- Boundaries ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """A boundary as the catalog records it (``orisun.service.boundaries``)."""
+
+    name: str
+    schema: str
+    description: str = ""
+    # True for boundaries of ORISUN_PG_SCHEMAS and adopted schemas: their storage existed before
+    # the catalog recorded them (upstream's ``existed_before_catalog``).
+    existed_before_catalog: bool = False
+    created_at: datetime | None = None
+
+
 # --- Events --------------------------------------------------------------------------------------
 
 ANY_VERSION = -2  # expected_version: no check

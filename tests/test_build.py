@@ -178,6 +178,8 @@ RPCS = {
     "GetEvents": ("GetEventsRequest", "GetEventsResponse", False),
     "SubscribeToEvents": ("CatchUpSubscribeToEventStoreRequest", "Event", True),
     "CatchUpSubscribeToEvents": ("CatchUpSubscribeToEventStoreRequest", "Event", True),
+    # Upstream's Node client subscribes to one stream with it (issue #15).
+    "CatchUpSubscribeToStream": ("CatchUpSubscribeToStreamRequest", "Event", True),
     "PublishToPubSub": ("PublishRequest", "google.protobuf.Empty", False),
     "SubscribeToPubSub": ("SubscribeRequest", "SubscribeResponse", True),
     "ConsumePubSub": ("ConsumeRequest", "ConsumeResponse", True),
@@ -190,7 +192,7 @@ def qualify(type_name: str) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_service_exposes_the_six_rpcs_with_their_streaming_kinds() -> None:
+def test_service_exposes_its_rpcs_with_their_streaming_kinds() -> None:
     from orisun._proto import eventstore_pb2, eventstore_pb2_grpc
 
     assert eventstore_pb2.DESCRIPTOR.package == "eventstore"
@@ -257,6 +259,14 @@ CONTRACT = {
         "query": (2, "Query", False),
         "subscriber_name": (3, S, False),
         "boundary": (4, S, False),
+    },
+    # As in upstream's node-client-df80552.eventstore.proto (tests/compat).
+    "CatchUpSubscribeToStreamRequest": {
+        "query": (2, "Query", False),
+        "subscriber_name": (3, S, False),
+        "boundary": (4, S, False),
+        "stream": (5, S, False),
+        "afterVersion": (6, I64, False),
     },
     "PublishRequest": {"id": (1, S, False), "subject": (2, S, False), "data": (3, S, False), "metadata": (4, S, False)},
     "SubscribeRequest": {"subject": (1, S, False), "consumer_name": (2, S, False)},

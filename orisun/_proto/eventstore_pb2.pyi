@@ -158,6 +158,20 @@ class CatchUpSubscribeToEventStoreRequest(_message.Message):
     boundary: str
     def __init__(self, position: _Optional[_Union[Position, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., subscriber_name: _Optional[str] = ..., boundary: _Optional[str] = ...) -> None: ...
 
+class CatchUpSubscribeToStreamRequest(_message.Message):
+    __slots__ = ("query", "subscriber_name", "boundary", "stream", "afterVersion")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_NAME_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARY_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    AFTERVERSION_FIELD_NUMBER: _ClassVar[int]
+    query: Query
+    subscriber_name: str
+    boundary: str
+    stream: str
+    afterVersion: int
+    def __init__(self, query: _Optional[_Union[Query, _Mapping]] = ..., subscriber_name: _Optional[str] = ..., boundary: _Optional[str] = ..., stream: _Optional[str] = ..., afterVersion: _Optional[int] = ...) -> None: ...
+
 class PublishRequest(_message.Message):
     __slots__ = ("id", "subject", "data", "metadata")
     ID_FIELD_NUMBER: _ClassVar[int]

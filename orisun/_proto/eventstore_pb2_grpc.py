@@ -59,6 +59,11 @@ class EventStoreStub:
                 request_serializer=eventstore__pb2.CatchUpSubscribeToEventStoreRequest.SerializeToString,
                 response_deserializer=eventstore__pb2.Event.FromString,
                 _registered_method=True)
+        self.CatchUpSubscribeToStream = channel.unary_stream(
+                '/eventstore.EventStore/CatchUpSubscribeToStream',
+                request_serializer=eventstore__pb2.CatchUpSubscribeToStreamRequest.SerializeToString,
+                response_deserializer=eventstore__pb2.Event.FromString,
+                _registered_method=True)
         self.PublishToPubSub = channel.unary_unary(
                 '/eventstore.EventStore/PublishToPubSub',
                 request_serializer=eventstore__pb2.PublishRequest.SerializeToString,
@@ -113,6 +118,14 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CatchUpSubscribeToStream(self, request, context):
+        """Catch-up subscription to one stream: its stored events with a version above afterVersion,
+        then its live events (upstream Orisun's name and request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PublishToPubSub(self, request, context):
         """Publish a message on a pub/sub subject; succeeds whether or not anyone subscribes.
         """
@@ -161,6 +174,11 @@ def add_EventStoreServicer_to_server(servicer, server):
             'CatchUpSubscribeToEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.CatchUpSubscribeToEvents,
                     request_deserializer=eventstore__pb2.CatchUpSubscribeToEventStoreRequest.FromString,
+                    response_serializer=eventstore__pb2.Event.SerializeToString,
+            ),
+            'CatchUpSubscribeToStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.CatchUpSubscribeToStream,
+                    request_deserializer=eventstore__pb2.CatchUpSubscribeToStreamRequest.FromString,
                     response_serializer=eventstore__pb2.Event.SerializeToString,
             ),
             'PublishToPubSub': grpc.unary_unary_rpc_method_handler(
@@ -290,6 +308,33 @@ class EventStore:
             target,
             '/eventstore.EventStore/CatchUpSubscribeToEvents',
             eventstore__pb2.CatchUpSubscribeToEventStoreRequest.SerializeToString,
+            eventstore__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CatchUpSubscribeToStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/eventstore.EventStore/CatchUpSubscribeToStream',
+            eventstore__pb2.CatchUpSubscribeToStreamRequest.SerializeToString,
             eventstore__pb2.Event.FromString,
             options,
             channel_credentials,

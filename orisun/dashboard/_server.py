@@ -51,6 +51,7 @@ from orisun.errors import (
 )
 from orisun.logs import escape_control
 from orisun.model import Position, Role, User
+from orisun.service.boundaries import Boundaries
 from orisun.service.events import EventStore
 from orisun.service.monitor import Monitor
 from orisun.service.pubsub import PubSubService
@@ -118,6 +119,7 @@ class Dashboard:
         subscriptions: Subscriptions,
         pubsub: PubSubService,
         monitor: Monitor,
+        boundaries: Boundaries,
         version: str,
         host: str,
         port: int,
@@ -128,6 +130,7 @@ class Dashboard:
         self.subscriptions = subscriptions
         self.pubsub = pubsub
         self.monitor = monitor
+        self.boundaries = boundaries
         self.version = version
         self.host = host
         self.port = port

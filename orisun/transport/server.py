@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import StartupError
+from orisun.service.boundaries import Boundaries
 from orisun.service.events import EventStore
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
@@ -30,6 +31,7 @@ class GrpcServer:
         events: EventStore,
         subscriptions: Subscriptions,
         pubsub: PubSubService,
+        boundaries: Boundaries,
         *,
         host: str,
         port: int,
@@ -40,6 +42,7 @@ class GrpcServer:
         """``reuse_port``: share the port with the other workers of this node (SO_REUSEPORT; the
         supervisor checked that nothing else listens on it)."""
         self._host = host
+        self._boundaries = boundaries  # for the Admin service
         self._tls = tls
         self._requested_port = port
         self.port = 0
