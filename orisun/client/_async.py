@@ -385,6 +385,8 @@ class AsyncConsumer:
         self._opening: Any = opening  # sent by the first read or `async with`
         # grpc.aio allows one write at a time on a call; acks may come from several tasks.
         self._write_lock = asyncio.Lock()
+        # One reader at a time too: `close` drains the call while a task may be iterating it.
+        self._read_lock = asyncio.Lock()
         self._closed = False
 
     async def _open(self) -> None:
@@ -416,7 +418,8 @@ class AsyncConsumer:
         await self._open()
         while True:
             try:
-                message = await self._call.read()
+                async with self._read_lock:
+                    message = await self._call.read()
             except grpc.RpcError as error:
                 if self._closed and status_code(error) is grpc.StatusCode.CANCELLED:
                     raise StopAsyncIteration from None
@@ -441,7 +444,7 @@ class AsyncConsumer:
             except grpc.RpcError:
                 return  # the call had ended already
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._read_lock:
                 while await self._call.read() is not grpc.aio.EOF:
                     pass  # given back by the server, not handed out
         except TimeoutError:

@@ -435,6 +435,7 @@ class Consumer:
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._requests.put(pb.ConsumeRequest(subject=subject, consumer_name=consumer_name, max_in_flight=max_in_flight))
         self._closed = False
+        self._read_lock = threading.Lock()
         self._call = store.ConsumePubSub(self._request_stream(), metadata=metadata)
 
     def _request_stream(self) -> Iterator[Any]:
@@ -455,18 +456,21 @@ class Consumer:
         return self
 
     def __next__(self) -> ConsumedMessage:
-        try:
-            message = next(self._call)
-        except grpc.RpcError as error:
-            if self._closed and status_code(error) is grpc.StatusCode.CANCELLED:
-                raise StopIteration from None
-            raise translate(error) from None
-        if self._closed:  # after close: the server gives it back, it is not handed out
-            return self.__next__()
-        return ConsumedMessage(
-            message.message.id, message.message.subject, message.message.data, message.message.metadata,
-            int(message.token), int(message.delivery_count), self,
-        )
+        while True:
+            # One reader at a time: gRPC refuses a second read on a call ("call error 8"), and
+            # `close` may drain the call from another thread.
+            with self._read_lock:
+                try:
+                    message = next(self._call)
+                except grpc.RpcError as error:
+                    if self._closed and status_code(error) is grpc.StatusCode.CANCELLED:
+                        raise StopIteration from None
+                    raise translate(error) from None
+            if not self._closed:  # after close: the server gives it back, it is not handed out
+                return ConsumedMessage(
+                    message.message.id, message.message.subject, message.message.data, message.message.metadata,
+                    int(message.token), int(message.delivery_count), self,
+                )
 
     def close(self, timeout: float = 10.0) -> None:
         """Send the acks given so far and end the call; messages not acked are delivered again.
@@ -475,15 +479,15 @@ class Consumer:
             return
         self._closed = True
         self._requests.put(_END)
-        deadline = time.monotonic() + timeout
         # The server ends the call with OK once it has applied the acks; what it still sends
-        # meanwhile is given back, not handed out.
+        # meanwhile is given back, not handed out. A thread iterating the consumer holds the read
+        # lock until the call ends (or sends us something): wait for it, bounded.
         timer = threading.Timer(timeout, self._call.cancel)
         timer.start()
         try:
-            for _ in self._call:
-                if time.monotonic() > deadline:
-                    break
+            with self._read_lock:
+                for _ in self._call:
+                    pass
         except grpc.RpcError as error:
             if status_code(error) is not grpc.StatusCode.CANCELLED:
                 raise translate(error) from None
