@@ -79,3 +79,43 @@ str(where))
         "imported by the tests but not installed by `pip install -e '.[test]'` "
         f"(add to the test extras in pyproject.toml): {missing}"
     )
+
+
+# What each import-light part of the package may import (besides the standard library): the client
+# installs with grpcio and protobuf only (clients/python/pyproject.toml), so one import of the
+# server's dependencies would break `pip install ./clients/python` users at import time.
+CLIENT_ALLOWED = ("grpc", "google.protobuf", "orisun._proto", "orisun.client")
+LIGHT_PARTS = {
+    "orisun/client": CLIENT_ALLOWED,
+    "orisun/_proto": ("grpc", "google.protobuf", "orisun._proto"),
+    "orisun/__init__.py": ("orisun._version",),
+}
+
+
+def absolute_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (dotted, relative ones resolved), also inside functions."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            found.add(module)
+    return found
+
+
+def test_the_client_imports_only_grpc_protobuf_and_the_generated_code() -> None:
+    offending: dict[str, list[str]] = {}
+    for part, allowed in LIGHT_PARTS.items():
+        paths = [ROOT / part] if part.endswith(".py") else sorted((ROOT / part).rglob("*.py"))
+        assert paths, part
+        for path in paths:
+            for module in absolute_imports(path):
+                top = module.partition(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                if not any(module == ok or module.startswith(ok + ".") for ok in allowed):
+                    offending.setdefault(str(path.relative_to(ROOT)), []).append(module)
+    assert not offending, f"imports beyond what the client's distribution installs: {offending}"
