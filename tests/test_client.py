@@ -369,6 +369,17 @@ def test_subscribe_catches_up_then_goes_live_from_a_position(client: Client) -> 
         assert [e.event_id for e in Collector(later).wait_count(2)] == [e.event_id for e in [first[2], *live]]
 
 
+def test_closing_the_client_ends_its_subscriptions(orisun: ServerThread) -> None:
+    """Not an error and no reconnecting: it was a ValueError ("Channel closed") from the reconnect."""
+    own = connect(orisun.address)
+    own.save_events(unique("s"), [EventData("E", {})])
+    events = Collector(own.subscribe())
+    events.wait_count(1)
+    own.close()
+    events.join(10)
+    assert not events.is_alive() and events.error is None
+
+
 def test_a_named_subscription_is_exclusive(client: Client) -> None:
     name = unique("exclusive")
     with client.subscribe(subscriber_name=name, query={"none": "x"}) as holder:

@@ -233,6 +233,21 @@ def test_subscribe_resumes_across_a_server_restart(postgres: EmbeddedPostgres) -
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def test_closing_the_client_ends_its_subscriptions(orisun: ServerThread) -> None:
+    """Not an error: it was a CancelledError out of the iteration."""
+
+    async def main() -> None:
+        client = connect(orisun.address)
+        await client.save_events(unique("s"), [EventData("E", {})])
+        events = Collector(client.subscribe())
+        await events.wait_count(1)
+        await client.close()
+        await asyncio.wait_for(events.task, 10)
+        assert events.error is None
+
+    asyncio.run(main())
+
+
 def test_subscribe_to_stream(orisun: ServerThread) -> None:
     async def test(client: AsyncClient) -> None:
         stream = unique("one")

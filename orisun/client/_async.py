@@ -72,9 +72,14 @@ class AsyncClient:
         self._channel = self._config.aio_channel()
         self._store = pb_grpc.EventStoreStub(self._channel)  # type: ignore[no-untyped-call]
         self._admin = apb_grpc.AdminStub(self._channel)  # type: ignore[no-untyped-call]
+        self._closed = False
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     async def close(self) -> None:
-        """Close the channel; calls and subscriptions in progress end."""
+        """Close the channel; calls in progress fail, subscriptions end."""
+        self._closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -172,7 +177,7 @@ class AsyncClient:
 
         return AsyncSubscription(
             Resumer(from_position, self.retry, named=bool(subscriber_name)), open_call, convert.recorded,
-            lambda event: event.position,
+            lambda event: event.position, self._is_closed,
         )
 
     def subscribe_to_stream(
@@ -193,7 +198,7 @@ class AsyncClient:
 
         return AsyncSubscription(
             Resumer(after_version, self.retry, named=bool(subscriber_name)), open_call, convert.recorded,
-            lambda event: event.version,
+            lambda event: event.version, self._is_closed,
         )
 
     # --- pub/sub -------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ class AsyncClient:
 
         return AsyncSubscription(
             Resumer(None, self.retry, named=False), open_call, lambda m: convert.pubsub_message(m.message),
-            lambda _: None,
+            lambda _: None, self._is_closed,
         )
 
     def consume(self, subject: str, consumer_name: str, *, max_in_flight: int = 100) -> AsyncConsumer:
@@ -289,9 +294,10 @@ class AsyncSubscription(Generic[T]):
 
     def __init__(
         self, resumer: Resumer[Any], open_call: Callable[[Any], Any], convert_item: Callable[[Any], T],
-        cursor_of: Callable[[T], Any],
+        cursor_of: Callable[[T], Any], client_closed: Callable[[], bool],
     ) -> None:
         self._resumer = resumer
+        self._client_closed = client_closed
         self._open = open_call
         self._convert = convert_item
         self._cursor_of = cursor_of
@@ -303,7 +309,7 @@ class AsyncSubscription(Generic[T]):
 
     async def __anext__(self) -> T:
         while True:
-            if self._closed.is_set():
+            if self._closed.is_set() or self._client_closed():
                 raise StopAsyncIteration
             if self._call is None:
                 self._call = self._open(self._resumer.cursor)
@@ -314,7 +320,7 @@ class AsyncSubscription(Generic[T]):
             except grpc.RpcError as exc:
                 error = exc
             except asyncio.CancelledError:
-                if self._closed.is_set():  # our own close cancelled the call
+                if self._closed.is_set() or self._client_closed():  # our own close cancelled the call
                     raise StopAsyncIteration from None
                 raise
             else:
@@ -324,7 +330,7 @@ class AsyncSubscription(Generic[T]):
                     return item
                 # EOF: the server ended the call; a subscription never ends by itself: reconnect.
             self._call = None
-            if self._closed.is_set():
+            if self._closed.is_set() or self._client_closed():
                 raise StopAsyncIteration
             delay = self._resumer.failed(status_code(error) if error is not None else None)
             if delay is None:

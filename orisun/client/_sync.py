@@ -83,9 +83,14 @@ class Client:
         self._channel = self._config.sync_channel()
         self._store = pb_grpc.EventStoreStub(self._channel)  # type: ignore[no-untyped-call]
         self._admin = apb_grpc.AdminStub(self._channel)  # type: ignore[no-untyped-call]
+        self._closed = False
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
-        """Close the channel; calls and subscriptions in progress end."""
+        """Close the channel; calls in progress fail, subscriptions end."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -205,7 +210,7 @@ class Client:
 
         return Subscription(
             Resumer(from_position, self.retry, named=bool(subscriber_name)), open_call, convert.recorded,
-            lambda event: event.position,
+            lambda event: event.position, self._is_closed,
         )
 
     def subscribe_to_stream(
@@ -227,7 +232,7 @@ class Client:
 
         return Subscription(
             Resumer(after_version, self.retry, named=bool(subscriber_name)), open_call, convert.recorded,
-            lambda event: event.version,
+            lambda event: event.version, self._is_closed,
         )
 
     # --- pub/sub -------------------------------------------------------------------------------
@@ -253,7 +258,7 @@ class Client:
 
         return Subscription(
             Resumer(None, self.retry, named=False), open_call, lambda m: convert.pubsub_message(m.message),
-            lambda _: None,
+            lambda _: None, self._is_closed,
         )
 
     def consume(self, subject: str, consumer_name: str, *, max_in_flight: int = 100) -> Consumer:
@@ -325,9 +330,10 @@ class Subscription(Generic[T]):
 
     def __init__(
         self, resumer: Resumer[Any], open_call: Callable[[Any], Any], convert_item: Callable[[Any], T],
-        cursor_of: Callable[[T], Any],
+        cursor_of: Callable[[T], Any], client_closed: Callable[[], bool],
     ) -> None:
         self._resumer = resumer
+        self._client_closed = client_closed
         self._open = open_call
         self._convert = convert_item
         self._cursor_of = cursor_of
@@ -356,7 +362,7 @@ class Subscription(Generic[T]):
                 return item
             with self._lock:
                 self._call = None
-            if self._closed.is_set():
+            if self._closed.is_set() or self._client_closed():
                 raise StopIteration
             delay = self._resumer.failed(status_code(error) if error is not None else None)
             if delay is None:
@@ -366,7 +372,7 @@ class Subscription(Generic[T]):
 
     def _connect(self) -> Any:
         with self._lock:
-            if self._closed.is_set():
+            if self._closed.is_set() or self._client_closed():
                 return None
             if self._call is None:
                 self._call = self._open(self._resumer.cursor)
