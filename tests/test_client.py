@@ -251,6 +251,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self.holding = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._abandoned: set[socket.socket] = set()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -263,6 +265,7 @@ class TcpProxy:
             upstream = socket.create_connection(self._upstream)
             with self._lock:
                 self._sockets += [downstream, upstream]
+                self._pairs.append((downstream, upstream))
             threading.Thread(target=self._pump, args=(downstream, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, downstream, True), daemon=True).start()
 
@@ -275,12 +278,24 @@ class TcpProxy:
             pass
         finally:
             for sock in (source, target):
-                with _suppress_oserror():
-                    sock.shutdown(socket.SHUT_RDWR)
+                if sock not in self._abandoned:
+                    with _suppress_oserror():
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def abandon(self) -> None:
+        """Close the client's side of every connection but leave the server's open and unread, as
+        when a client's host vanishes: the server notices only by its keepalive pings."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._abandoned.update(upstream for _, upstream in pairs)
+        for downstream, _ in pairs:
+            with _suppress_oserror():
+                downstream.shutdown(socket.SHUT_RDWR)
+            downstream.close()
 
     def cut(self) -> None:
         with self._lock:
-            sockets, self._sockets = self._sockets, []
+            sockets, self._sockets, self._pairs = self._sockets, [], []
         for sock in sockets:
             with _suppress_oserror():
                 sock.shutdown(socket.SHUT_RDWR)
@@ -388,6 +403,29 @@ def test_a_named_subscription_is_exclusive(client: Client) -> None:
         holding.wait_count(1)
         with pytest.raises(AlreadyExists):  # not retried: it is not resuming
             next(iter(client.subscribe(subscriber_name=name)))
+
+
+def test_a_named_subscription_waits_for_its_name_when_resuming(client: Client, orisun: ServerThread) -> None:
+    """The client's connection vanishes without the server noticing: on resuming, the server still
+    holds the name (ALREADY_EXISTS) until its keepalive ends the old call (~8 s); the subscription
+    waits for it and resumes where it was."""
+    proxy = TcpProxy(orisun.app.grpc_port)
+    tag = unique("named")
+    try:
+        with connect(f"127.0.0.1:{proxy.port}") as through_proxy, through_proxy.subscribe(
+            subscriber_name=unique("resuming"), query={"named": tag}
+        ) as subscription:
+            events = Collector(subscription)
+            first = [EventData("E", {"i": i}, tags={"named": tag}) for i in range(3)]
+            client.save_events(unique("s"), first)
+            events.wait_count(3)
+            proxy.abandon()
+            later = [EventData("E", {"i": i}, tags={"named": tag}) for i in range(3, 5)]
+            client.save_events(unique("s"), later)
+            delivered = events.wait_count(5, timeout=60)
+            assert [e.event_id for e in delivered] == [e.event_id for e in first + later]
+    finally:
+        proxy.close()
 
 
 def test_subscribe_resumes_across_a_server_restart_without_gap_or_duplicate(postgres: EmbeddedPostgres) -> None:
