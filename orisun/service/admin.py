@@ -109,7 +109,7 @@ class Admin:
         row read, whatever the number of events."""
         _require_admin(caller, "count events")
         validation.check_boundary(boundary)
-        return await read_head(self._db, self._db.schema(boundary))
+        return await read_head(self._db, await self._db.resolve(boundary))
 
     async def list_boundaries(self, caller: User) -> list[Boundary]:
         _require_admin(caller, "list boundaries")
@@ -125,11 +125,5 @@ class Admin:
         _require_admin(caller, "create boundaries")
         if backend not in ("", POSTGRES):
             raise InvalidArgument(f"placement.backend: must be {POSTGRES!r} (or empty), not {quoted(backend)}")
-        try:
-            return await self._boundaries.create(name, schema=schema, description=description, adopt=adopt)
-        except InvalidArgument as exc:
-            # Boundaries names the schema ``schema``; this request calls it placement.namespace.
-            message = str(exc)
-            if message.startswith("schema"):
-                raise InvalidArgument("placement.namespace" + message.removeprefix("schema")) from None
-            raise
+        return await self._boundaries.create(name, schema=schema, description=description, adopt=adopt,
+                                             schema_field="placement.namespace")

@@ -79,6 +79,7 @@ class LiveFeed:
         self._published: dict[str, int] = {}  # boundary -> last position published (while owned)
         self._handed: dict[str, collections.deque[Event]] = {schema: collections.deque() for schema in self._wakeups}
         self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
         self.reads = 0  # reads of PostgreSQL to publish (what was not handed over), for tests and diagnosis
 
     def owns(self, boundary: str) -> bool:
@@ -115,10 +116,23 @@ class LiveFeed:
         wakeup.set()
 
     def start(self) -> None:
+        self._started = True
         for boundary, schema in self._boundaries.items():
             self._tasks.append(asyncio.create_task(self._run(boundary, schema), name=f"live feed {boundary}"))
 
+    def add(self, boundary: str, schema: str) -> None:
+        """Publish the feed of ``boundary`` (created at runtime) too, or stand by for it."""
+        if boundary in self._boundaries:
+            return
+        self._boundaries = {**self._boundaries, boundary: schema}
+        self._wakeups[schema] = asyncio.Event()
+        self._boundary_of[schema] = boundary
+        self._handed[schema] = collections.deque()
+        if self._started:
+            self._tasks.append(asyncio.create_task(self._run(boundary, schema), name=f"live feed {boundary}"))
+
     async def close(self) -> None:
+        self._started = False  # a boundary added from now on gets no publisher
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
         for boundary, schema in self._boundaries.items():

@@ -102,7 +102,7 @@ class Monitor:
                     head = await read_head(self._db, schema)
                 except OrisunError:
                     continue  # PostgreSQL away: a gap in the chart, and the overview says why
-                samples = self._heads.setdefault(boundary, collections.deque(maxlen=SAMPLES + 1))
+                samples = self._heads.setdefault(boundary, collections.deque(maxlen=SAMPLES + 1))  # also a new one
                 samples.append((time.monotonic(), datetime.now(UTC), head))
             await asyncio.sleep(SAMPLE_INTERVAL)
 
@@ -151,7 +151,7 @@ class Monitor:
 
     async def streams(self, boundary: str, *, after: str, prefix: str, limit: int) -> list[StreamInfo]:
         validation.check_boundary(boundary)
-        schema = self._db.schema(boundary)
+        schema = await self._db.resolve(boundary)
         validation.check_storable("after", after)
         validation.check_storable("prefix", prefix)
         if not 1 <= limit <= MAX_STREAMS_PAGE:
@@ -160,7 +160,7 @@ class Monitor:
 
     async def head(self, boundary: str) -> int:
         validation.check_boundary(boundary)
-        return await read_head(self._db, self._db.schema(boundary))
+        return await read_head(self._db, await self._db.resolve(boundary))
 
     async def subscriptions(self) -> tuple[list[SubscriptionProgress], dict[str, int]]:
         """The named subscriptions with their progress, and the live subscriber counts per boundary

@@ -277,6 +277,10 @@ class Subscriptions:
         self._live: collections.Counter[str] = collections.Counter()  # open subscriptions per boundary
         self._schemas: Mapping[str, str] = {schema: boundary for boundary, schema in db.boundaries.items()}
 
+    def add(self, boundary: str, schema: str) -> None:
+        """Serve subscriptions to ``boundary`` (created at runtime) too."""
+        self._schemas = {**self._schemas, schema: boundary}
+
     def committed(self, schema: str, head: int | None, events: list[Event] | None = None) -> None:
         """Events up to ``head`` were committed in ``schema``; ``events`` if this node wrote them."""
         boundary = self._schemas.get(schema)
@@ -310,7 +314,7 @@ class Subscriptions:
     ) -> AsyncGenerator[Event, None]:
         """Every event of ``boundary`` after ``after`` matching ``query``, in order, once each."""
         validation.check_boundary(boundary)
-        schema = self._db.schema(boundary)
+        schema = await self._db.resolve(boundary)
         validation.check_query("query", query)
         if name and not SUBSCRIBER_NAME.fullmatch(name):
             raise InvalidArgument(f"subscriber_name: {quoted(name)} must be 1-128 printable ASCII characters "
