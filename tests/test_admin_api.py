@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orisun._proto import admin_pb2 as apb
@@ -98,6 +99,53 @@ def save(server: ServerThread, boundary: str, stream: str, count: int) -> pb.Wri
             name=stream, expected_version=-2), events=events), metadata=auth_metadata(), timeout=15)
 
 
+# --- Wire compatibility with upstream's orisun.Admin ------------------------------------------------
+
+COMPAT = Path(__file__).resolve().parent / "compat"  # copies of ../shared/compat/
+
+
+def _upstream_admin(tmp_path: Path) -> descriptor_pb2.FileDescriptorProto:
+    """upstream-head.admin.proto as protoc reads it (its import "eventstore.proto" is upstream's
+    eventstore of the same package, which defines its Position)."""
+    from importlib import resources
+
+    from grpc_tools import protoc
+
+    (tmp_path / "admin.proto").write_bytes((COMPAT / "upstream-head.admin.proto").read_bytes())
+    (tmp_path / "eventstore.proto").write_bytes((COMPAT / "upstream-head.eventstore.proto").read_bytes())
+    out = tmp_path / "set.pb"
+    with resources.as_file(resources.files("grpc_tools") / "_proto") as wkt:
+        status = protoc.main(["protoc", f"--proto_path={tmp_path}", f"--proto_path={wkt}",
+                              f"--descriptor_set_out={out}", str(tmp_path / "admin.proto")])
+    assert status == 0
+    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+    return next(f for f in files if f.name == "admin.proto")
+
+
+def _shape(file: descriptor_pb2.FileDescriptorProto) -> dict[str, Any]:
+    """What the wire depends on: package, messages' fields (number, name, type, label, the short
+    name of a message or enum type: field 7/8 are eventstore.Position here, orisun.Position there,
+    the same message on the wire), enums, and the service's methods."""
+    def type_name(name: str) -> str:
+        return name.rsplit(".", 1)[-1]
+
+    return {
+        "package": file.package,
+        "messages": {m.name: sorted((f.number, f.name, f.type, f.label, type_name(f.type_name)) for f in m.field)
+                     for m in file.message_type},
+        "enums": {e.name: sorted((v.number, v.name) for v in e.value) for e in file.enum_type},
+        "services": {s.name: sorted((m.name, type_name(m.input_type), type_name(m.output_type),
+                                     m.client_streaming, m.server_streaming) for m in s.method)
+                     for s in file.service},
+    }
+
+
+def test_admin_proto_is_wire_compatible_with_upstreams(tmp_path: Path) -> None:
+    ours = descriptor_pb2.FileDescriptorProto()
+    apb.DESCRIPTOR.CopyToProto(ours)
+    assert _shape(ours) == _shape(_upstream_admin(tmp_path))
+
+
 # --- Discovery and auth ---------------------------------------------------------------------------
 
 # Every RPC of orisun.Admin with a valid request of its kind.
@@ -166,6 +214,18 @@ def test_an_unknown_method_answers_as_before(server: ServerThread) -> None:
             with pytest.raises(grpc.RpcError) as raised:
                 call(b"", metadata=metadata, timeout=10)
             assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_an_undecodable_request_is_invalid_after_authentication(server: ServerThread) -> None:
+    with server.channel() as channel:
+        call = channel.unary_unary("/orisun.Admin/CreateUser")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"\xff\xff\xff", metadata=auth_metadata(), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "orisun.CreateUserRequest" in raised.value.details()
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"\xff\xff\xff", timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 # --- Users ----------------------------------------------------------------------------------------
