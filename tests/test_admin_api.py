@@ -496,6 +496,48 @@ def test_create_boundary_validation_names_the_field(server: ServerThread, reques
     assert details.startswith(field), details
 
 
+# --- Workers ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_every_worker_serves_the_admin_service_and_its_changes(start_server: Callable[..., ServerThread]) -> None:
+    """With workers, a call reaches any of them: each serves orisun.Admin, and what one changes
+    (a deleted user, a new boundary) holds on every other at once."""
+    from tests.test_workers import on_every_worker
+
+    server = start_server(workers=2)
+    channels = on_every_worker(server)
+    try:
+        admins = [apb_grpc.AdminStub(each) for each in channels]
+        stores = [pb_grpc.EventStoreStub(each) for each in channels]
+        user = admins[0].CreateUser(apb.CreateUserRequest(username=f"w-{uuid.uuid4().hex[:8]}", password="pw-w-1",
+                                                          roles=["OPERATIONS"]), metadata=auth_metadata(),
+                                    timeout=15).user
+        read = pb.GetEventsRequest(boundary="orisun_admin")
+        for admin, store in zip(admins, stores, strict=True):
+            assert admin.GetUserCount(apb.GetUserCountRequest(), metadata=auth_metadata(), timeout=15).count == 2
+            store.GetEvents(read, metadata=auth_metadata(user.username, "pw-w-1"), timeout=15)  # cached now
+        name = f"adm_w_{uuid.uuid4().hex[:6]}"
+        admins[-1].CreateBoundary(apb.CreateBoundaryRequest(name=name), metadata=auth_metadata(), timeout=30)
+        admins[-1].DeleteUser(apb.DeleteUserRequest(user_id=user.user_id), metadata=auth_metadata(), timeout=15)
+        for admin, store in zip(admins, stores, strict=True):
+            with pytest.raises(grpc.RpcError) as raised:
+                store.GetEvents(read, metadata=auth_metadata(user.username, "pw-w-1"), timeout=15)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert admin.GetEventCount(apb.GetEventCountRequest(boundary=name), metadata=auth_metadata(),
+                                       timeout=15).count == 0
+        for store in stores:
+            event = pb.EventToSave(event_id=str(uuid.uuid4()), event_type="T", data="{}")
+            stream = pb.SaveStreamQuery(name="s", expected_version=-2)
+            store.SaveEvents(pb.SaveEventsRequest(boundary=name, stream=stream, events=[event]),
+                             metadata=auth_metadata(), timeout=15)
+        assert admins[0].GetEventCount(apb.GetEventCountRequest(boundary=name), metadata=auth_metadata(),
+                                       timeout=15).count == len(channels)
+    finally:
+        for each in channels:
+            each.close()
+
+
 # --- The README's examples ---------------------------------------------------------------------------
 
 
