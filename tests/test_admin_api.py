@@ -544,7 +544,8 @@ def test_every_worker_serves_the_admin_service_and_its_changes(start_server: Cal
 def _readme_blocks() -> list[str]:
     text = (ROOT / "README.md").read_text()
     start = text.index("\n## Admin API\n")
-    section = text[start:text.index("\n## ", start + 1)]
+    # Up to its first subsection ("Boundaries created at runtime" has examples of its own).
+    section = re.split(r"\n##+ ", text[start + 1:])[0]
     return re.findall(r"```bash\n(.*?)```", section, re.S)
 
 
