@@ -55,6 +55,7 @@ from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
 from orisun.runtime.process import check_port
 from orisun.runtime.rundir import make_run_dir
 from orisun.runtime.workers import Workers
+from orisun.service.admin import Admin
 from orisun.service.boundaries import Boundaries
 from orisun.service.commits import Commits
 from orisun.service.events import EventStore
@@ -393,7 +394,7 @@ class Orisun:
             self.events,
             self.subscriptions,
             self.pubsub,
-            self.boundaries,
+            Admin(self.users, self.boundaries, self.db_or_fail),
             host=s.grpc_host,
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
@@ -31,6 +31,13 @@ class User:
     name: str
     username: str
     roles: frozenset[Role]
+    # As stored (absent for a user not read from storage); not part of the user's identity.
+    created_at: datetime | None = field(default=None, compare=False)
+    updated_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return Role.ADMIN in self.roles
 
     @property
     def can_write(self) -> bool:

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,7 +96,8 @@ class Monitor:
 
     async def _sample(self) -> None:
         while True:
-            for boundary, schema in self._db.boundaries.items():
+            # A copy: boundaries created at runtime may join the map while this loop awaits.
+            for boundary, schema in list(self._db.boundaries.items()):
                 try:
                     head = await read_head(self._db, schema)
                 except OrisunError:
@@ -111,19 +113,23 @@ class Monitor:
             for (t0, _, previous), (t, at, head) in itertools.pairwise(samples)
         ]
 
-    async def overview(self) -> Overview:
+    async def overview(self, boundaries: Sequence[tuple[str, str]] | None = None) -> Overview:
+        """The node's figures for ``boundaries`` ((name, schema) pairs: the catalog's, which the
+        caller reads; by default the boundaries this process knows)."""
         postgres, nats = await asyncio.gather(self._postgres_health(), self._nats_health())
         live = (await self._subscriptions.snapshot()).live
-        boundaries = []
-        for boundary, schema in self._db.boundaries.items():
+        if boundaries is None:
+            boundaries = list(self._db.boundaries.items())
+        figures = []
+        for boundary, schema in boundaries:
             if postgres.ok:
                 stats = await boundary_stats(self._db, schema)
                 head, streams = stats.head, stats.streams
             else:
                 head = streams = 0
-            boundaries.append(BoundaryOverview(boundary, schema, head, streams, live.get(boundary, 0),
-                                               self.write_rate(boundary)))
-        return Overview(self.started_at, time.monotonic() - self._started, postgres, nats, boundaries)
+            figures.append(BoundaryOverview(boundary, schema, head, streams, live.get(boundary, 0),
+                                            self.write_rate(boundary)))
+        return Overview(self.started_at, time.monotonic() - self._started, postgres, nats, figures)
 
     async def _postgres_health(self) -> Health:
         try:

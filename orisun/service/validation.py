@@ -92,8 +92,8 @@ def _json(field: str, value: str) -> None:
         _fail(field, "is JSON nested too deeply to check (about 1,000 levels at most)")
 
 
-def check_boundary(boundary: str) -> None:
-    _text("boundary", boundary, max_bytes=MAX_BOUNDARY_BYTES)
+def check_boundary(boundary: str, field: str = "boundary") -> None:
+    _text(field, boundary, max_bytes=MAX_BOUNDARY_BYTES)
 
 
 def check_query(field: str, query: Query | None) -> None:
