@@ -346,7 +346,8 @@ class Orisun:
         self.feed = LiveFeed(db, FeedPublisher(nats_client, retention=s.live_feed_retention,
                                                max_backlog=MAX_FEED_BACKLOG, replicas=self._replicas), self.locks,
                              on_published=self.commits.published,
-                             writing=lambda schema: self.events is not None and self.events.writing(schema))
+                             writing=lambda schema: self.events is not None and self.events.writing(schema),
+                             stand_by=self.worker is not None)
         self.subscriptions = Subscriptions(db, nats_client, self.locks, publishing=self.feed.owns)
         self.events = EventStore(db, max_event_bytes=s.nats_max_payload, on_commit=self.commits.written)
         self.commits.route_to(self.feed, self.subscriptions)

@@ -230,3 +230,44 @@ def test_a_configured_boundary_keeps_its_schema(
     # The same boundary in another schema would split its events: refused, naming the variable.
     with pytest.raises(StartupError, match="ORISUN_PG_SCHEMAS: boundary 'users' has schema 'users_v1'"):
         other_node(boundaries={"orisun_admin": "orisun_admin", "users": "users_v2"})
+
+
+def test_with_workers_a_boundary_created_through_one_worker_is_live_on_every_worker(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """CreateBoundary reaches one worker; the supervisor (which publishes the live feeds and serves
+    no calls) and the other worker hear of it from PostgreSQL: subscribers on every worker get the
+    events written through every worker, live, in order."""
+    from orisun._proto import admin_pb2 as apb
+    from orisun._proto import admin_pb2_grpc as apb_grpc
+    from orisun._proto import eventstore_pb2_grpc as pb_grpc
+    from tests.test_workers import on_every_worker
+
+    server = start_server(workers=2)
+    channels = on_every_worker(server)
+    streams = []
+    try:
+        apb_grpc.AdminStub(channels[0]).CreateBoundary(apb.CreateBoundaryRequest(name="wk_live"), metadata=AUTH,
+                                                       timeout=30)
+        stores = [pb_grpc.EventStoreStub(each) for each in channels]
+        streams = [store.SubscribeToEvents(pb.CatchUpSubscribeToEventStoreRequest(boundary="wk_live"),
+                                           metadata=AUTH, timeout=60) for store in stores]
+        written = []
+        for i, store in enumerate(stores):
+            event = pb.EventToSave(event_id=str(uuid.uuid4()), event_type="T", data="{}")
+            store.SaveEvents(pb.SaveEventsRequest(boundary="wk_live", events=[event],
+                                                  stream=pb.SaveStreamQuery(name=f"s-{i}", expected_version=-1)),
+                             metadata=AUTH, timeout=15)
+            written.append(event.event_id)
+        for stream in streams:
+            got = [next(stream) for _ in written]
+            assert [e.event_id for e in got] == written
+            assert [e.position.prepare_position for e in got] == list(range(1, len(written) + 1))
+        # The supervisor publishes the new boundary's feed.
+        assert server.app.feed is not None
+        wait_for(lambda: server.app.feed.owns("wk_live"), 10, "the supervisor to publish the new feed")
+    finally:
+        for stream in streams:
+            stream.cancel()
+        for each in channels:
+            each.close()
