@@ -28,6 +28,7 @@ from orisun._proto import admin_pb2_grpc as apb_grpc
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.runtime.postgres import EmbeddedPostgres
+from tests.compat.stubs import PROTOS, compile_descriptor_set
 from tests.support import ADMIN, ServerThread, auth_metadata, grpcurl, grpcurl_path, running_server
 
 pytestmark = pytest.mark.timeout(90)
@@ -101,24 +102,10 @@ def save(server: ServerThread, boundary: str, stream: str, count: int) -> pb.Wri
 
 # --- Wire compatibility with upstream's orisun.Admin ------------------------------------------------
 
-COMPAT = Path(__file__).resolve().parent / "compat"  # copies of ../shared/compat/
-
-
-def _upstream_admin(tmp_path: Path) -> descriptor_pb2.FileDescriptorProto:
-    """upstream-head.admin.proto as protoc reads it (its import "eventstore.proto" is upstream's
+def _upstream_admin() -> descriptor_pb2.FileDescriptorProto:
+    """upstream-head's admin.proto as protoc reads it (its import "eventstore.proto" is upstream's
     eventstore of the same package, which defines its Position)."""
-    from importlib import resources
-
-    from grpc_tools import protoc
-
-    (tmp_path / "admin.proto").write_bytes((COMPAT / "upstream-head.admin.proto").read_bytes())
-    (tmp_path / "eventstore.proto").write_bytes((COMPAT / "upstream-head.eventstore.proto").read_bytes())
-    out = tmp_path / "set.pb"
-    with resources.as_file(resources.files("grpc_tools") / "_proto") as wkt:
-        status = protoc.main(["protoc", f"--proto_path={tmp_path}", f"--proto_path={wkt}",
-                              f"--descriptor_set_out={out}", str(tmp_path / "admin.proto")])
-    assert status == 0
-    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+    files = compile_descriptor_set(PROTOS / "upstream-head", ["admin.proto"]).file
     return next(f for f in files if f.name == "admin.proto")
 
 
@@ -140,10 +127,10 @@ def _shape(file: descriptor_pb2.FileDescriptorProto) -> dict[str, Any]:
     }
 
 
-def test_admin_proto_is_wire_compatible_with_upstreams(tmp_path: Path) -> None:
+def test_admin_proto_is_wire_compatible_with_upstreams() -> None:
     ours = descriptor_pb2.FileDescriptorProto()
     apb.DESCRIPTOR.CopyToProto(ours)
-    assert _shape(ours) == _shape(_upstream_admin(tmp_path))
+    assert _shape(ours) == _shape(_upstream_admin())
 
 
 # --- Discovery and auth ---------------------------------------------------------------------------
