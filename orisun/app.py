@@ -55,6 +55,7 @@ from orisun.runtime.postgres import EmbeddedPostgres, find_postgres_bindir
 from orisun.runtime.process import check_port
 from orisun.runtime.rundir import make_run_dir
 from orisun.runtime.workers import Workers
+from orisun.service.admin import Admin
 from orisun.service.boundaries import Boundaries
 from orisun.service.commits import Commits
 from orisun.service.events import EventStore
@@ -64,6 +65,7 @@ from orisun.service.node import NodeSubscriptions, answer_figures, share_logins
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
+from orisun.storage.catalog import record_configured
 from orisun.storage.database import Database, describe
 from orisun.storage.locks import SessionLocks
 from orisun.storage.migrations import migrate
@@ -81,8 +83,8 @@ APPENDED_CHANNEL = "orisun_appended"
 # A start-up phase: starts its parts, pushing the stop of each on the stack it is given.
 Phase = Callable[[contextlib.AsyncExitStack], Awaitable[None]]
 # PostgreSQL connections one Orisun process opens besides its pool: a writer per boundary (counted
-# apart), the session locks, two LISTENs, and room for a pool's connection being replaced.
-CONNECTIONS_BESIDES_POOL = 6
+# apart), the session locks, three LISTENs, and room for a pool's connection being replaced.
+CONNECTIONS_BESIDES_POOL = 7
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,16 @@ class Orisun:
         logger.info("Connected to PostgreSQL at {}", describe(self._conninfo))
         if self.worker is None:  # the supervisor migrated before it started the workers
             await migrate(self.db, s.admin_boundary)
-        self.boundaries = Boundaries(self.db)
+            await record_configured(self.db, s.admin_schema, s.boundaries)
+        # Every process serves the boundaries of the catalog, also those created later (by any node).
+        self.boundaries = Boundaries(self.db, s.admin_schema)
+        stops.push_async_callback(self.boundaries.close)
+        await self.boundaries.start(s.pg_startup_timeout)
+        if self.worker is None:
+            # Those created at runtime: brought up to date like the configured ones (an upgrade may
+            # bring migrations). Under the same per-schema lock, so other nodes may start at once.
+            created = {b: schema for b, schema in self.db.boundaries.items() if b not in s.boundaries}
+            await migrate(self.db, s.admin_boundary, created)
 
     async def _start_users(self, stops: contextlib.AsyncExitStack) -> None:
         s = self.settings
@@ -335,10 +346,21 @@ class Orisun:
         self.feed = LiveFeed(db, FeedPublisher(nats_client, retention=s.live_feed_retention,
                                                max_backlog=MAX_FEED_BACKLOG, replicas=self._replicas), self.locks,
                              on_published=self.commits.published,
-                             writing=lambda schema: self.events is not None and self.events.writing(schema))
+                             writing=lambda schema: self.events is not None and self.events.writing(schema),
+                             stand_by=self.worker is not None)
         self.subscriptions = Subscriptions(db, nats_client, self.locks, publishing=self.feed.owns)
         self.events = EventStore(db, max_event_bytes=s.nats_max_payload, on_commit=self.commits.written)
         self.commits.route_to(self.feed, self.subscriptions)
+        feed, subscriptions, commits = self.feed, self.subscriptions, self.commits
+        for schema in db.boundaries.values():
+            commits.add(schema)  # those of the catalog (the configured ones it has already)
+
+        def added(boundary: str, schema: str) -> None:  # a boundary created at runtime, by any node
+            commits.add(schema)
+            subscriptions.add(boundary, schema)
+            feed.add(boundary, schema)
+
+        db.on_added(added)
         # None of these started anything yet; their stops are registered now so that they run in
         # this order: the writers first, then the subscriptions, then the feed (what the writers
         # committed is published first), the locks, and last the LISTEN that wakes them.
@@ -373,7 +395,7 @@ class Orisun:
             self.events,
             self.subscriptions,
             self.pubsub,
-            self.boundaries,
+            Admin(self.users, self.boundaries, self.db_or_fail),
             host=s.grpc_host,
             port=s.grpc_port,
             max_message_size=s.grpc_max_message_size,

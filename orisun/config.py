@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import environs
 
 from orisun.errors import ConfigError
+from orisun.model import identifier_problem
 from orisun.tls import CERT_VARIABLE, CLIENT_CA_VARIABLE, KEY_VARIABLE, TlsFiles
 from orisun.tls import load as load_tls
 
@@ -27,7 +27,6 @@ T = TypeVar("T")
 
 # PostgreSQL identifiers: letters, digits and underscores, at most 63 bytes. Quoted with
 # psycopg.sql.Identifier anyway; the rule keeps names portable to NATS subjects and logs.
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 DEFAULT_ADMIN_PASSWORD = "changeit"
 _LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 # A 5,000-event batch of 1 KB events with tags and metadata is ~10 MB on the wire; gRPC's 4 MB
@@ -69,7 +68,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_WORKERS", "(the number of CPUs available)", "Worker processes serving gRPC, all on "
              "ORISUN_GRPC_PORT. 1 serves everything from one process; with more, a supervisor process runs "
              "NATS, the embedded PostgreSQL and the dashboard, and restarts a worker that dies. Each process "
-             "opens up to ORISUN_PG_POOL_SIZE + 6 PostgreSQL connections, plus one per boundary."),
+             "opens up to ORISUN_PG_POOL_SIZE + 7 PostgreSQL connections, plus one per boundary it writes to."),
     Variable("ORISUN_GRPC_MAX_MESSAGE_SIZE", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE),
              "Largest gRPC message accepted or sent, in bytes."),
     Variable("ORISUN_SHUTDOWN_TIMEOUT", "10s", "How long SIGTERM/SIGINT waits for in-flight calls."),
@@ -209,11 +208,9 @@ def _workers(env: environs.Env) -> int:
 
 
 def validate_identifier(value: str, what: str, variable: str) -> str:
-    if not _IDENTIFIER.fullmatch(value):
-        raise ConfigError(variable, f"{what} {value!r} is not a valid identifier "
-                          "(letters, digits and _, not starting with a digit, at most 63 characters)")
-    if value.lower().startswith("pg_") or value.lower() == "information_schema":
-        raise ConfigError(variable, f"{what} {value!r} is reserved by PostgreSQL")
+    problem = identifier_problem(value, what)
+    if problem is not None:
+        raise ConfigError(variable, problem)
     return value
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
+
+from orisun.errors import quoted
 
 _T = TypeVar("_T")
 
@@ -28,6 +31,13 @@ class User:
     name: str
     username: str
     roles: frozenset[Role]
+    # As stored (absent for a user not read from storage); not part of the user's identity.
+    created_at: datetime | None = field(default=None, compare=False)
+    updated_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return Role.ADMIN in self.roles
 
     @property
     def can_write(self) -> bool:
@@ -35,6 +45,21 @@ class User:
 
 
 # --- Boundaries ----------------------------------------------------------------------------------
+
+# Boundary and schema names: PostgreSQL identifiers that need no quoting (ORISUN_PG_SCHEMAS and
+# CreateBoundary share the rule).
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def identifier_problem(value: str, what: str) -> str | None:
+    """Why ``value`` cannot name a boundary or schema (``what`` says which), or None if it can."""
+    if not _IDENTIFIER.fullmatch(value):
+        return (f"{what} {quoted(value)} is not a valid identifier "
+                "(letters, digits and _, not starting with a digit, at most 63 characters)")
+    if value.lower().startswith("pg_") or value.lower() == "information_schema":
+        return f"{what} {value!r} is reserved by PostgreSQL"
+    return None
+
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def test_every_eventstore_rpc_needs_credentials(server: ServerThread) -> None:
             lambda: stub.GetEvents(pb.GetEventsRequest(), timeout=10),
             lambda: list(stub.SubscribeToEvents(pb.CatchUpSubscribeToEventStoreRequest(), timeout=10)),
             lambda: list(stub.CatchUpSubscribeToEvents(pb.CatchUpSubscribeToEventStoreRequest(), timeout=10)),
+            lambda: list(stub.CatchUpSubscribeToStream(pb.CatchUpSubscribeToStreamRequest(), timeout=10)),
             lambda: stub.PublishToPubSub(pb.PublishRequest(), timeout=10),
             lambda: list(stub.SubscribeToPubSub(pb.SubscribeRequest(), timeout=10)),
         ]
@@ -112,6 +113,7 @@ def test_grpcurl_lists_services_with_credentials_only(server: ServerThread) -> N
         "GetEvents",
         "SubscribeToEvents",
         "CatchUpSubscribeToEvents",
+        "CatchUpSubscribeToStream",
         "PublishToPubSub",
         "SubscribeToPubSub",
         "ConsumePubSub",
@@ -198,6 +200,12 @@ def test_streaming_rpcs_report_their_status_on_the_stream(server: ServerThread) 
                                          metadata=auth_metadata(), timeout=10))
             assert raised.value.code() == grpc.StatusCode.NOT_FOUND, name
             assert "no_such_boundary" in raised.value.details()
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.CatchUpSubscribeToStream(pb.CatchUpSubscribeToStreamRequest(boundary="no_such_boundary",
+                                                                                  stream="s"),
+                                               metadata=auth_metadata(), timeout=10))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no_such_boundary" in raised.value.details()
         # A streaming call's validation error arrives on the stream too.
         with pytest.raises(grpc.RpcError) as raised:
             list(stub.SubscribeToPubSub(pb.SubscribeRequest(), metadata=auth_metadata(), timeout=10))

@@ -562,3 +562,55 @@ def test_logout_returns_to_login_and_the_session_is_gone(page: Page, dash_server
     expect(page).to_have_url(f"{base}/login")
     status = page.evaluate("fetch('/api/session', {credentials: 'same-origin'}).then((r) => r.status)")
     assert status == 401
+
+
+@pytest.mark.timeout(90)
+def test_create_a_boundary_on_the_boundaries_page_and_pick_it_without_reload(
+    page: Page, dash_server: ServerThread, stub: pb_grpc.EventStoreStub, shots: Path
+) -> None:
+    name = f"made_{uuid.uuid4().hex[:6]}"
+    login(page, dash_server.dashboard_url)
+    page.get_by_test_id("nav-boundaries").click()
+    for configured in ("orders", "payments", "orisun_admin"):
+        expect(page.locator(f'[data-testid="boundary-row"][data-boundary="{configured}"]')).to_contain_text(
+            "ORISUN_PG_SCHEMAS")
+
+    # The server's message for an invalid name is shown next to the form, the field marked.
+    page.get_by_test_id("boundary-add-name").fill("not-an-identifier")
+    page.get_by_test_id("boundary-add-submit").click()
+    expect(page.get_by_test_id("boundary-form-error")).to_contain_text("name")
+    expect(page.get_by_test_id("boundary-add-name")).to_have_class(re.compile(r"\binvalid\b"))
+
+    page.get_by_test_id("boundary-add-name").fill(name)
+    page.get_by_test_id("boundary-add-description").fill("Made in the browser")
+    page.get_by_test_id("boundary-add-submit").click()
+    row = page.locator(f'[data-testid="boundary-row"][data-boundary="{name}"]')
+    expect(row).to_contain_text("Made in the browser")
+    expect(row).to_contain_text("created at runtime")
+    expect(page.get_by_test_id("boundary-form-error")).to_be_hidden()
+    snap(page, shots, "boundaries")
+
+    # Taken now: the 409's message.
+    page.get_by_test_id("boundary-add-name").fill(name)
+    page.get_by_test_id("boundary-add-submit").click()
+    expect(page.get_by_test_id("boundary-form-error")).to_contain_text(name)
+
+    # Usable at once, and in the pickers of the other pages without a reload.
+    save(stub, name, "first-stream", [event("Happened", {"n": 1})])
+    page.get_by_test_id("nav-events").click()
+    pick_boundary(page, name)
+    expect(page.get_by_test_id("event-row")).to_have_count(1)
+    page.get_by_test_id("nav-overview").click()
+    expect(page.locator(f'[data-testid="boundary-card"][data-boundary="{name}"]')).to_be_visible()
+
+
+@pytest.mark.timeout(90)
+def test_a_user_without_admin_sees_the_boundaries_but_no_form(page: Page, dash_server: ServerThread) -> None:
+    username, password = f"looker-{uuid.uuid4().hex[:6]}", "Looker-Pass-3"
+    users = dash_server.app.users
+    assert users is not None
+    dash_server.call(users.create("", username, password, [Role.OPERATIONS]))
+    login(page, dash_server.dashboard_url, username, password)
+    page.get_by_test_id("nav-boundaries").click()
+    expect(page.locator('[data-testid="boundary-row"][data-boundary="orders"]')).to_be_visible()
+    expect(page.get_by_test_id("boundary-add-submit")).to_have_count(0)

@@ -112,7 +112,9 @@ FORBIDDEN_IN_DETAILS = [
     re.compile(r'File "'),
     # A Python exception's class name (DecodeError, KeyError, UnicodeDecodeError, ...). The
     # hostile strings below never contain such a word, so a match is the server's own doing.
-    re.compile(r"\b[A-Z][A-Za-z]+(Error|Exception)\b"),
+    # Except upstream Orisun's conflict wording, which its Java client parses (issue #15):
+    # "OptimisticConcurrencyException:StreamVersionConflict: Expected N, Actual M" is wire text.
+    re.compile(r"\b(?!OptimisticConcurrencyException:StreamVersionConflict: )[A-Z][A-Za-z]+(Error|Exception)\b"),
 ]
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 

@@ -123,6 +123,15 @@ CASES: list[tuple[str, Callable[[pb_grpc.EventStoreStub], Any], set[grpc.StatusC
      {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}, "boundary"),
     ("CatchUpSubscribeToEvents subscriber_name", lambda s: s.CatchUpSubscribeToEvents(
         subscription(subscriber_name=LONG), metadata=AUTH), {grpc.StatusCode.INVALID_ARGUMENT}, "subscriber_name"),
+    ("CatchUpSubscribeToStream boundary", lambda s: s.CatchUpSubscribeToStream(
+        pb.CatchUpSubscribeToStreamRequest(boundary=LONG, stream="s"), metadata=AUTH),
+     {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}, "boundary"),
+    ("CatchUpSubscribeToStream stream", lambda s: s.CatchUpSubscribeToStream(
+        pb.CatchUpSubscribeToStreamRequest(boundary="limits", stream=LONG), metadata=AUTH),
+     {grpc.StatusCode.INVALID_ARGUMENT}, "stream"),
+    ("CatchUpSubscribeToStream subscriber_name", lambda s: s.CatchUpSubscribeToStream(
+        pb.CatchUpSubscribeToStreamRequest(boundary="limits", stream="s", subscriber_name=LONG), metadata=AUTH),
+     {grpc.StatusCode.INVALID_ARGUMENT}, "subscriber_name"),
     ("PublishToPubSub subject", lambda s: s.PublishToPubSub(
         pb.PublishRequest(subject=LONG, data="{}"), metadata=AUTH), {grpc.StatusCode.INVALID_ARGUMENT}, "subject"),
     ("SubscribeToPubSub subject", lambda s: s.SubscribeToPubSub(

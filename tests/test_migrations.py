@@ -123,7 +123,7 @@ def _assert_functions_are_the_files(conninfo: str) -> None:
 def test_every_function_file_is_applied_to_a_fresh_database(database: str) -> None:
     assert {f.name for f in load_functions(BOUNDARY)} >= {
         "append_events", "last_matching_version"}
-    assert {f.name for f in load_functions(ADMIN)} == {"notify_users_changed"}
+    assert {f.name for f in load_functions(ADMIN)} == {"notify_users_changed", "notify_boundary_added"}
     asyncio.run(_migrate_once(database))
     _assert_functions_are_the_files(database)
     # The write function runs without JIT whatever the server's setting.

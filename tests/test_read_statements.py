@@ -18,7 +18,15 @@ import pytest
 
 from orisun.model import Criterion, Direction, EventToSave, Position, Query, ReadRequest, SaveRequest, Tag
 from orisun.storage.database import Database
-from orisun.storage.events import build_page, build_range, build_read, read_range, read_rows
+from orisun.storage.events import (
+    build_page,
+    build_range,
+    build_read,
+    build_stream_range,
+    read_range,
+    read_rows,
+    read_stream_range,
+)
 from orisun.storage.migrations import migrate
 from orisun.storage.writer import BoundaryWriter
 
@@ -61,6 +69,8 @@ def test_every_placeholder_has_its_value() -> None:
         assert set(PLACEHOLDER.findall(statement)) == {name.encode() for name in params}, request
     for q in (None, query((("tenant", "t-1"),)), query((("a", "1"), ("b", "2")), (("c", "3"),))):
         statement, params = build_range(SCHEMA, Position(4, 4), 100, q, 10)
+        assert set(PLACEHOLDER.findall(statement)) == {name.encode() for name in params}, q
+        statement, params = build_stream_range(SCHEMA, "s-1", 3, 4, 100, q, 10)
         assert set(PLACEHOLDER.findall(statement)) == {name.encode() for name in params}, q
 
 
@@ -137,10 +147,17 @@ def test_prepared_reads_never_mix_values(database: str) -> None:
                                          query((("tenant", f"t-{tenant}"),)), 3)
             start = n * 10 + 1 + (tenant - (n * 10 + 1)) % 120
             assert [e.position.prepare for e in events] == [start, start + 120, start + 240], n
+            # CatchUpSubscribeToStream's catch-up: stream s-k holds positions k*1000+1.., versions 0..999.
+            events, through = await read_stream_range(db, SCHEMA, f"s-{stream}", n, n * 7, 12_000,
+                                                      query((("tenant", f"t-{tenant}"),)), 2)
+            wanted = [v for v in range(n + 1, 1000)
+                      if stream * 1000 + v + 1 > n * 7 and (stream * 1000 + v + 1) % 120 == tenant][:2]
+            assert [e.version for e in events] == wanted and {e.stream for e in events} == {f"s-{stream}"}, n
+            assert through == events[-1].position.prepare
         async with db.pool.connection() as conn:  # the one connection all those reads used
             cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
             prepared = [row[0] for row in await cursor.fetchall()]
-        assert sum(text.startswith("SELECT e.position") for text in prepared) == 6, prepared  # the 6 shapes
+        assert sum(text.startswith("SELECT e.position") for text in prepared) == 7, prepared  # the 7 shapes
 
     _run(database, test)
 
@@ -170,6 +187,8 @@ def test_generic_plans_use_the_indexes(database: str) -> None:
         statements = [build_read(SCHEMA, request)[0] for request in READS]
         statements += [build_page(SCHEMA, request, 1000)[0] for request in READS]  # GetEvents' pages
         statements += [build_range(SCHEMA, Position(4, 4), 100, q, 10)[0]
+                       for q in (None, query((("tenant", "t-1"),)), query((("a", "1"),), (("c", "3"), ("d", "4"))))]
+        statements += [build_stream_range(SCHEMA, "s-1", 3, 4, 100, q, 10)[0]
                        for q in (None, query((("tenant", "t-1"),)), query((("a", "1"),), (("c", "3"), ("d", "4"))))]
         for statement in statements:
             plan = _generic_plan(conn, statement)

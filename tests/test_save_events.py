@@ -8,6 +8,7 @@ back byte-for-byte is tested in test_get_events.py.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -100,12 +101,33 @@ def head(stub: Any, boundary: str = B) -> int:
     return response.events[0].position.prepare_position if response.events else 0
 
 
+# Issue #15: a conflict's message starts with upstream's wording, which upstream's Java client parses
+# with JAVA_CLIENT (case-sensitive, digits only: it cannot read a negative version), and still
+# carries the contract's lowercase "expected N, actual M".
+UPSTREAM_CONFLICT = re.compile(
+    r"OptimisticConcurrencyException:StreamVersionConflict: Expected (-?\d+), Actual (-?\d+)")
+JAVA_CLIENT = re.compile(r"Expected\s+(\d+),\s+Actual\s+(\d+)")
+CONTRACT_CONFLICT = re.compile(r"expected (-?\d+), actual (-?\d+)")
+
+
 def conflict(stub: Any, stream: str, expected: int, subset: pb.Query | None = None) -> str:
-    """The ALREADY_EXISTS message of a write with a wrong expectation (asserting it stored nothing)."""
+    """The ALREADY_EXISTS message of a write with a wrong expectation (asserting it stored nothing,
+    and that both upstream's clients and the contract's wording read the same versions from it)."""
     before = read_stream(stub, stream)
     code, details = refused(stub, request(stream, [ev()], expected, subset))
     assert code == grpc.StatusCode.ALREADY_EXISTS, details
     assert [e.event_id for e in read_stream(stub, stream)] == [e.event_id for e in before]
+    upstream = UPSTREAM_CONFLICT.match(details)
+    assert upstream is not None, f"does not start with upstream's wording: {details!r}"
+    assert int(upstream[1]) == expected, details
+    contract = CONTRACT_CONFLICT.search(details)
+    assert contract is not None and contract.groups() == upstream.groups(), details
+    java = JAVA_CLIENT.search(details)
+    if min(int(upstream[1]), int(upstream[2])) >= 0:
+        assert java is not None and java.groups() == upstream.groups(), details
+    else:
+        assert java is None, details  # never a wrong pair of numbers
+    assert stream in details
     return details
 
 
@@ -159,6 +181,17 @@ def test_expected_version_exact(stub: Any) -> None:
     assert "expected 0, actual 2" in conflict(stub, s, 0)
     assert save(stub, s, [ev(), ev()], 2)[2] == 4
     assert [e.version for e in read_stream(stub, s)] == [0, 1, 2, 3, 4]
+
+
+def test_a_conflict_is_worded_as_upstreams_servers_did(stub: Any) -> None:
+    """Issue #15: upstream's Java client reads the versions with a case-sensitive pattern."""
+    s = stream_name("wording")
+    save(stub, s, [ev(), ev(), ev()], -1)
+    details = conflict(stub, s, 1)
+    assert details == (f"OptimisticConcurrencyException:StreamVersionConflict: Expected 1, Actual 2 "
+                       f"(stream {s!r}: expected 1, actual 2)")
+    java = JAVA_CLIENT.search(details)
+    assert java is not None and (int(java[1]), int(java[2])) == (1, 2)
 
 
 def test_expected_version_any(stub: Any) -> None:

@@ -122,7 +122,9 @@ def test_ids_of_a_request_refused_earlier_in_the_group_are_free(database: str) -
     async def test(store: Store) -> None:
         events = [event(), event()]
         conflict, ok = await store.group(write("s", events, 5), write("s", events, -1))
-        assert isinstance(conflict, AlreadyExists) and "expected 5, actual -1" in str(conflict)
+        assert isinstance(conflict, AlreadyExists) and str(conflict) == (
+            "OptimisticConcurrencyException:StreamVersionConflict: Expected 5, Actual -1 "
+            "(stream 's': expected 5, actual -1)")
         assert isinstance(ok, WriteResult) and ok.new_stream_version == 1
         assert len(await store.everything()) == 2
 

@@ -39,6 +39,7 @@ from orisun.dashboard._requests import MAX_LARGE_BODY_BYTES, json_body, text_fie
 from orisun.dashboard._sessions import Session, Sessions, csrf_ok
 from orisun.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     OrisunError,
@@ -46,11 +47,12 @@ from orisun.errors import (
     StartupError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     bounded,
     quoted,
 )
 from orisun.logs import escape_control
-from orisun.model import Position, Role, User
+from orisun.model import Boundary, Position, Role, User
 from orisun.service.boundaries import Boundaries
 from orisun.service.events import EventStore
 from orisun.service.monitor import Monitor
@@ -77,7 +79,9 @@ _STATUS: dict[type[OrisunError], int] = {
     PermissionDenied: 403,
     NotFound: 404,
     AlreadyExists: 409,
+    FailedPrecondition: 409,
     Unavailable: 503,
+    Unimplemented: 501,
 }
 _SECURITY_HEADERS = {
     # No inline script or style, nothing from elsewhere: the pages load only their own assets.
@@ -156,6 +160,8 @@ class Dashboard:
         r.add_post("/api/logout", self.logout)
         r.add_get("/api/session", self.session)
         r.add_get("/api/overview", self.overview)
+        r.add_get("/api/boundaries", self.list_boundaries)
+        r.add_post("/api/boundaries", self.create_boundary)
         r.add_get("/api/boundaries/{boundary}/events", self.list_events)
         r.add_get("/api/boundaries/{boundary}/streams", self.list_streams)
         r.add_get("/api/boundaries/{boundary}/tail", self.tail)
@@ -313,7 +319,14 @@ class Dashboard:
     # --- Monitoring --------------------------------------------------------------------------
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
-        o = await self.monitor.overview()
+        # The catalog's boundaries: those created at runtime too, on any node, without a restart.
+        # With PostgreSQL away the catalog cannot be read: the overview still answers (saying so),
+        # with the boundaries this process knows.
+        try:
+            boundaries: list[tuple[str, str]] | None = [(b.name, b.schema) for b in await self.boundaries.list()]
+        except Unavailable:
+            boundaries = None
+        o = await self.monitor.overview(boundaries)
 
         def health(h: Any) -> dict[str, Any]:
             latency = round(h.latency * 1000, 2) if h.latency is not None else None
@@ -416,6 +429,27 @@ class Dashboard:
                 await pump
         return response
 
+    # --- Boundaries --------------------------------------------------------------------------
+
+    async def list_boundaries(self, request: web.Request) -> web.StreamResponse:
+        """Every boundary (any user may look, as on the overview)."""
+        return web.json_response({"boundaries": [_boundary_json(b) for b in await self.boundaries.list()]})
+
+    async def create_boundary(self, request: web.Request) -> web.StreamResponse:
+        """POST /api/boundaries {"name", "schema", "description"} (ADMIN): created, migrated and
+        usable at once; Boundaries.create's errors as they are (400 naming the field, 409 taken or
+        an existing schema)."""
+        user = request[USER]
+        if Role.ADMIN not in user.roles:
+            raise PermissionDenied(f"user {quoted(user.username)} may not create boundaries (needs role ADMIN)")
+        body = await json_body(request)
+        boundary = await self.boundaries.create(
+            text_field(body, "name"), schema=text_field(body, "schema", required=False),
+            description=text_field(body, "description", required=False))
+        logger.info("Dashboard: {} created boundary {} (schema {})", quote(user.username), quote(boundary.name),
+                    quote(boundary.schema))
+        return web.json_response(_boundary_json(boundary), status=201)
+
     # --- Users (ADMIN) -----------------------------------------------------------------------
 
     @staticmethod
@@ -462,10 +496,17 @@ class Dashboard:
         me = self._admin(request)
         if username == me.username:
             raise InvalidArgument("username: you cannot delete yourself")
-        await self.users.delete(username)
+        await self.users.delete(username, caller=me)
         self.sessions.end_user(username)
         logger.info("Dashboard: {} deleted user {}", quote(me.username), quote(username))
         return web.Response(status=204)
+
+
+def _boundary_json(boundary: Boundary) -> dict[str, Any]:
+    return {"name": boundary.name, "schema": boundary.schema, "description": boundary.description,
+            # From ORISUN_PG_SCHEMAS (or an adopted schema), rather than created here.
+            "configured": boundary.existed_before_catalog,
+            "created_at": boundary.created_at.isoformat() if boundary.created_at is not None else None}
 
 
 async def _pump(events: AsyncGenerator[Any, None], queue: asyncio.Queue[Any]) -> None:

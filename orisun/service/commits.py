@@ -51,6 +51,11 @@ class Commits:
         self._feed: FeedSink | None = None
         self._subscriptions: SubscriptionsSink | None = None
 
+    def add(self, schema: str) -> None:
+        """Route the reports of ``schema`` (a boundary created at runtime) too."""
+        if schema not in self._schemas:
+            self._schemas = (*self._schemas, schema)
+
     def route_to(self, feed: FeedSink | None, subscriptions: SubscriptionsSink | None) -> None:
         self._feed, self._subscriptions = feed, subscriptions
 

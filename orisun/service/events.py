@@ -74,19 +74,19 @@ class EventStore:
             raise PermissionDenied(f"user {quoted(user.username)} may not write events "
                                    "(needs role ADMIN or OPERATIONS)")
         validation.check_boundary(request.boundary)
-        schema = self._db.schema(request.boundary)
+        schema = await self._db.resolve(request.boundary)
         validation.check_save(request, max_event_bytes=self._max_event_bytes)
         return await self._writer(schema).append(request)
 
-    def _read_schema(self, request: ReadRequest) -> str:
+    async def _read_schema(self, request: ReadRequest) -> str:
         """The schema a read goes to, once the request is valid (every read checks the same)."""
         validation.check_boundary(request.boundary)
-        schema = self._db.schema(request.boundary)
+        schema = await self._db.resolve(request.boundary)
         validation.check_read(request)
         return schema
 
     async def read(self, user: User, request: ReadRequest) -> list[Event]:
-        schema = self._read_schema(request)
+        schema = await self._read_schema(request)
         if request.count == 0:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
         return await read_events(self._db, schema, request)
@@ -105,7 +105,7 @@ class EventStore:
         whatever was committed in between comes after every event already read (ASC) or above
         the cursor (DESC).
         """
-        schema = self._read_schema(request)
+        schema = await self._read_schema(request)
         if request.count == 0:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
         rows = await read_page_rows(self._db, schema, request, max(0, max_bytes) // request.count)

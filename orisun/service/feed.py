@@ -57,7 +57,13 @@ class LiveFeed:
         interval: float = 1.0,
         on_published: Callable[[str, list[Event]], None] = lambda schema, events: None,
         writing: Callable[[str], bool] = lambda schema: False,
+        stand_by: bool = False,
     ) -> None:
+        """``stand_by``: this process leaves publishing to another one of its node if it can (a
+        worker, whose supervisor publishes): for a boundary added while serving, it waits
+        ``interval`` before it first tries to take the feed's lock. The supervisor hears of the
+        boundary within milliseconds; the worker that created it would otherwise take the lock
+        first, since it knows of it first."""
         self._db = db
         # Whether this node's writer of a schema has a commit on its way: a NOTIFY seen meanwhile
         # is most likely of that commit, whose events the writer hands over a moment later.
@@ -79,6 +85,8 @@ class LiveFeed:
         self._published: dict[str, int] = {}  # boundary -> last position published (while owned)
         self._handed: dict[str, collections.deque[Event]] = {schema: collections.deque() for schema in self._wakeups}
         self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._stand_by = stand_by
         self.reads = 0  # reads of PostgreSQL to publish (what was not handed over), for tests and diagnosis
 
     def owns(self, boundary: str) -> bool:
@@ -115,10 +123,24 @@ class LiveFeed:
         wakeup.set()
 
     def start(self) -> None:
+        self._started = True
         for boundary, schema in self._boundaries.items():
             self._tasks.append(asyncio.create_task(self._run(boundary, schema), name=f"live feed {boundary}"))
 
+    def add(self, boundary: str, schema: str) -> None:
+        """Publish the feed of ``boundary`` (created at runtime) too, or stand by for it."""
+        if boundary in self._boundaries:
+            return
+        self._boundaries = {**self._boundaries, boundary: schema}
+        self._wakeups[schema] = asyncio.Event()
+        self._boundary_of[schema] = boundary
+        self._handed[schema] = collections.deque()
+        if self._started:
+            delay = self._interval if self._stand_by else 0.0
+            self._tasks.append(asyncio.create_task(self._run(boundary, schema, delay), name=f"live feed {boundary}"))
+
     async def close(self) -> None:
+        self._started = False  # a boundary added from now on gets no publisher
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
         for boundary, schema in self._boundaries.items():
@@ -126,8 +148,10 @@ class LiveFeed:
             if generation is not None:
                 await self._locks.unlock(feed_lock(schema), generation)
 
-    async def _run(self, boundary: str, schema: str) -> None:
+    async def _run(self, boundary: str, schema: str, delay: float = 0.0) -> None:
         wakeup = self._wakeups[schema]
+        if delay:
+            await asyncio.sleep(delay)  # see stand_by
         while True:
             try:
                 if not self.owns(boundary):

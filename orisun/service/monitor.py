@@ -10,6 +10,7 @@ import asyncio
 import collections
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,12 +96,14 @@ class Monitor:
 
     async def _sample(self) -> None:
         while True:
-            for boundary, schema in self._db.boundaries.items():
+            # A copy: boundaries created at runtime may join the map while this loop awaits.
+            for boundary, schema in list(self._db.boundaries.items()):
                 try:
                     head = await read_head(self._db, schema)
                 except OrisunError:
                     continue  # PostgreSQL away: a gap in the chart, and the overview says why
-                self._heads[boundary].append((time.monotonic(), datetime.now(UTC), head))
+                samples = self._heads.setdefault(boundary, collections.deque(maxlen=SAMPLES + 1))  # also a new one
+                samples.append((time.monotonic(), datetime.now(UTC), head))
             await asyncio.sleep(SAMPLE_INTERVAL)
 
     def write_rate(self, boundary: str) -> list[RatePoint]:
@@ -110,19 +113,23 @@ class Monitor:
             for (t0, _, previous), (t, at, head) in itertools.pairwise(samples)
         ]
 
-    async def overview(self) -> Overview:
+    async def overview(self, boundaries: Sequence[tuple[str, str]] | None = None) -> Overview:
+        """The node's figures for ``boundaries`` ((name, schema) pairs: the catalog's, which the
+        caller reads; by default the boundaries this process knows)."""
         postgres, nats = await asyncio.gather(self._postgres_health(), self._nats_health())
         live = (await self._subscriptions.snapshot()).live
-        boundaries = []
-        for boundary, schema in self._db.boundaries.items():
+        if boundaries is None:
+            boundaries = list(self._db.boundaries.items())
+        figures = []
+        for boundary, schema in boundaries:
             if postgres.ok:
                 stats = await boundary_stats(self._db, schema)
                 head, streams = stats.head, stats.streams
             else:
                 head = streams = 0
-            boundaries.append(BoundaryOverview(boundary, schema, head, streams, live.get(boundary, 0),
-                                               self.write_rate(boundary)))
-        return Overview(self.started_at, time.monotonic() - self._started, postgres, nats, boundaries)
+            figures.append(BoundaryOverview(boundary, schema, head, streams, live.get(boundary, 0),
+                                            self.write_rate(boundary)))
+        return Overview(self.started_at, time.monotonic() - self._started, postgres, nats, figures)
 
     async def _postgres_health(self) -> Health:
         try:
@@ -144,7 +151,7 @@ class Monitor:
 
     async def streams(self, boundary: str, *, after: str, prefix: str, limit: int) -> list[StreamInfo]:
         validation.check_boundary(boundary)
-        schema = self._db.schema(boundary)
+        schema = await self._db.resolve(boundary)
         validation.check_storable("after", after)
         validation.check_storable("prefix", prefix)
         if not 1 <= limit <= MAX_STREAMS_PAGE:
@@ -153,7 +160,7 @@ class Monitor:
 
     async def head(self, boundary: str) -> int:
         validation.check_boundary(boundary)
-        return await read_head(self._db, self._db.schema(boundary))
+        return await read_head(self._db, await self._db.resolve(boundary))
 
     async def subscriptions(self) -> tuple[list[SubscriptionProgress], dict[str, int]]:
         """The named subscriptions with their progress, and the live subscriber counts per boundary

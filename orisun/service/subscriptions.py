@@ -24,8 +24,9 @@ import collections
 import contextlib
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from loguru import logger
 from nats.aio.client import Client
@@ -36,7 +37,7 @@ from orisun.messaging.feed import follow
 from orisun.model import EVENT_TYPE_TAG_ALIASES, Event, Position, Query, User, narrowing
 from orisun.service import validation
 from orisun.storage.database import Database
-from orisun.storage.events import read_head, read_range
+from orisun.storage.events import read_head, read_range, read_stream_range
 from orisun.storage.locks import SessionLocks
 
 SUBSCRIBER_NAME = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
@@ -236,6 +237,76 @@ def _size(event: Event) -> int:
     return len(event.data) + len(event.metadata) + 200
 
 
+def _check_name(name: str) -> None:
+    if name and not SUBSCRIBER_NAME.fullmatch(name):
+        raise InvalidArgument(f"subscriber_name: {quoted(name)} must be 1-128 printable ASCII characters "
+                              "without spaces")
+
+
+class _Selection(Protocol):
+    """What one subscription delivers. Its cursor walks the boundary's positions from ``start``:
+    ``read`` gives the wanted events of a range from PostgreSQL, ``wants`` decides on each event
+    of the tail (every position after the cursor, in order, is passed to it exactly once)."""
+
+    start: int
+
+    async def read(self, cursor: int, upto: int) -> tuple[list[Event], int]:
+        """(wanted events in (cursor, upto], in order, at most a page; the position read through)."""
+
+    def wants(self, event: Event) -> bool: ...
+
+
+class _BoundarySelection:
+    """SubscribeToEvents: the boundary's events after a position, matching a query."""
+
+    def __init__(self, db: Database, schema: str, after: Position, query: Query | None) -> None:
+        self._db = db
+        self._schema = schema
+        self._after = after
+        self._query = query
+        self.start = after.prepare
+
+    async def read(self, cursor: int, upto: int) -> tuple[list[Event], int]:
+        return await read_range(self._db, self._schema, Position(self._after.commit, cursor), upto, self._query, PAGE)
+
+    def wants(self, event: Event) -> bool:
+        return event.position > self._after and (self._query is None or matches(self._query, event))
+
+
+class _StreamSelection:
+    """CatchUpSubscribeToStream: one stream's events above a version, matching a query.
+
+    The catch-up reads the stream's index from the version examined last (a page of 500 after
+    another, never the boundary's other events); live, every event of the tail is looked at and
+    those of other streams are skipped. A hole in the tail, or a subscriber left behind it, sends
+    the subscription back to the catch-up, which reads exactly the stream's missing events."""
+
+    def __init__(self, db: Database, schema: str, stream: str, after_version: int, query: Query | None) -> None:
+        self._db = db
+        self._schema = schema
+        self._stream = stream
+        self._after_version = after_version
+        # The stream's last version examined (delivered or not), so that a catch-up after falling
+        # behind starts its index scan there; every event of the stream at or below it lies at or
+        # below the cursor, which the read's position bound excludes anyway.
+        self._examined = after_version
+        self._query = query
+        self.start = 0
+
+    async def read(self, cursor: int, upto: int) -> tuple[list[Event], int]:
+        events, through = await read_stream_range(self._db, self._schema, self._stream, self._examined, cursor, upto,
+                                                  self._query, PAGE)
+        if events:
+            self._examined = max(self._examined, events[-1].version)
+        return events, through
+
+    def wants(self, event: Event) -> bool:
+        if event.stream != self._stream:
+            return False
+        self._examined = max(self._examined, event.version)
+        return event.version > self._after_version and (self._query is None or matches(self._query, event))
+
+
 @dataclass
 class _Claim:
     generation: int
@@ -253,7 +324,7 @@ class NamedSubscription:
 
 
 class Subscriptions:
-    """Serves SubscribeToEvents for every boundary of this node."""
+    """Serves SubscribeToEvents and CatchUpSubscribeToStream for every boundary of this node."""
 
     def __init__(
         self,
@@ -276,6 +347,10 @@ class Subscriptions:
         self._claims: dict[tuple[str, str], _Claim] = {}
         self._live: collections.Counter[str] = collections.Counter()  # open subscriptions per boundary
         self._schemas: Mapping[str, str] = {schema: boundary for boundary, schema in db.boundaries.items()}
+
+    def add(self, boundary: str, schema: str) -> None:
+        """Serve subscriptions to ``boundary`` (created at runtime) too."""
+        self._schemas = {**self._schemas, schema: boundary}
 
     def committed(self, schema: str, head: int | None, events: list[Event] | None = None) -> None:
         """Events up to ``head`` were committed in ``schema``; ``events`` if this node wrote them."""
@@ -305,30 +380,58 @@ class Subscriptions:
         await cancel_and_wait(list(self._starting.values()))
         await asyncio.gather(*(tail.close() for tail in self._tails.values()))
 
-    async def subscribe(
+    def subscribe(
         self, user: User, boundary: str, after: Position | None, query: Query | None, name: str
     ) -> AsyncGenerator[Event, None]:
-        """Every event of ``boundary`` after ``after`` matching ``query``, in order, once each."""
-        validation.check_boundary(boundary)
-        schema = self._db.schema(boundary)
-        validation.check_query("query", query)
-        if name and not SUBSCRIBER_NAME.fullmatch(name):
-            raise InvalidArgument(f"subscriber_name: {quoted(name)} must be 1-128 printable ASCII characters "
-                                  "without spaces")
-        after = after or Position(0, 0)
-        query = narrowing(query)
+        """Every event of ``boundary`` after ``after`` matching ``query``, in order, once each.
+        A request's errors are raised by the first iteration, as every other error."""
+
+        async def prepare() -> tuple[str, _Selection]:
+            validation.check_boundary(boundary)
+            schema = await self._db.resolve(boundary)
+            validation.check_query("query", query)
+            _check_name(name)
+            return schema, _BoundarySelection(self._db, schema, after or Position(0, 0), narrowing(query))
+
+        return self._deliver(boundary, name, prepare)
+
+    def subscribe_stream(
+        self, user: User, boundary: str, stream: str, after_version: int, query: Query | None, name: str
+    ) -> AsyncGenerator[Event, None]:
+        """Every event of ``stream`` in ``boundary`` with a version above ``after_version`` (-1:
+        from the start) matching ``query``, in order, once each (CatchUpSubscribeToStream).
+
+        The same delivery as ``subscribe``, whose cursor still walks the boundary's positions
+        (that is how the tail and its hole detection work); only the catch-up reads go through
+        the stream's index, and the live events of other streams are skipped."""
+
+        async def prepare() -> tuple[str, _Selection]:
+            validation.check_boundary(boundary)
+            schema = await self._db.resolve(boundary)
+            validation.check_stream_subscription(stream, after_version)
+            validation.check_query("query", query)
+            _check_name(name)
+            return schema, _StreamSelection(self._db, schema, stream, after_version, narrowing(query))
+
+        return self._deliver(boundary, name, prepare)
+
+    async def _deliver(
+        self, boundary: str, name: str, prepare: Callable[[], Awaitable[tuple[str, _Selection]]]
+    ) -> AsyncGenerator[Event, None]:
+        """The events a selection wants, in order, once each: catch-up, then live (see the module).
+        ``prepare`` checks the request and gives its schema and selection."""
+        schema, selection = await prepare()
         claim = await self._claim(schema, boundary, name) if name else None
         self._live[boundary] += 1
         try:
             tail = await self._tail(boundary, schema)
             lost = [claim.lost] if claim else []
-            cursor = after.prepare
+            cursor = selection.start
             while True:
                 # 1. Catch-up from PostgreSQL, up to what the tail holds.
                 upto = tail.newest
                 while cursor < upto:
-                    page, through = await read_range(self._db, schema, Position(after.commit, cursor), upto, query,
-                                                     PAGE)
+                    page, through = await selection.read(cursor, upto)
                     for event in page:
                         if claim is not None:
                             claim.position = event.position
@@ -345,7 +448,7 @@ class Subscriptions:
                             await tail.wait_beyond(cursor, *lost)
                             continue
                         for event in events:
-                            if (event.position > after) and (query is None or matches(query, event)):
+                            if selection.wants(event):
                                 if claim is not None:
                                     claim.position = event.position
                                 yield event

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +16,15 @@ from loguru import logger
 
 from orisun.aio import cancel_and_wait
 from orisun.config import DEFAULT_ADMIN_PASSWORD
-from orisun.errors import AlreadyExists, InvalidArgument, NotFound, OrisunError, Unauthenticated, quoted
+from orisun.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OrisunError,
+    Unauthenticated,
+    quoted,
+)
 from orisun.model import Role, User
 from orisun.service import validation
 from orisun.service.throttle import LoginThrottle, Throttled
@@ -46,8 +55,13 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+# A user's id as the Admin API takes it: a UUID in its usual hyphenated form (any case).
+_USER_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _to_user(record: UserRecord) -> User:
-    return User(record.id, record.name, record.username, frozenset(Role(r) for r in record.roles))
+    return User(record.id, record.name, record.username, frozenset(Role(r) for r in record.roles),
+                created_at=record.created_at, updated_at=record.updated_at)
 
 
 @dataclass(frozen=True)
@@ -343,8 +357,21 @@ class Users:
         record = await self._store.get(username)
         return _to_user(record) if record is not None else None
 
+    async def get_by_id(self, user_id: str, field: str = "user_id") -> User:
+        """The user with this id (a UUID); InvalidArgument naming ``field`` for anything that is
+        not a UUID, NotFound when no user has it."""
+        if not _USER_ID.fullmatch(user_id):
+            raise InvalidArgument(f"{field}: must be a user's id (a UUID), not {quoted(user_id)}")
+        record = await self._store.get_by_id(user_id)
+        if record is None:
+            raise NotFound(f"{field}: no user has the id {quoted(user_id)}")
+        return _to_user(record)
+
     async def list(self) -> list[User]:
         return [_to_user(r) for r in await self._store.list()]
+
+    async def count(self) -> int:
+        return await self._store.count()
 
     async def create(self, name: str, username: str, password: str, roles: Iterable[str]) -> User:
         validated = _validate_roles(roles)
@@ -364,24 +391,29 @@ class Users:
         assert record is not None
         return _to_user(record)
 
-    async def change_password(self, username: str, password: str) -> None:
-        _validate_password(password)
+    async def change_password(self, username: str, password: str, *, field: str = "password") -> None:
+        """Set a new password (``field``: the request's name for it, in error messages)."""
+        _validate_password(password, field)
         if not await self._store.set_password(username, hash_password(password)):
             raise NotFound(f"user {quoted(username)} does not exist")
         self.forget(username)
 
-    async def delete(self, username: str) -> None:
+    async def delete(self, username: str, *, caller: User | None = None) -> None:
+        """Delete a user. ``caller``: who asks; nobody may delete their own user (there would be no
+        way back if they were the last ADMIN), FailedPrecondition."""
+        if caller is not None and caller.username == username:
+            raise FailedPrecondition(f"user {quoted(username)} is you: you cannot delete yourself")
         if not await self._store.delete(username):
             raise NotFound(f"user {quoted(username)} does not exist")
         self.forget(username)
 
 
-def _validate_password(password: str) -> None:
-    validation.check_storable("password", password)
+def _validate_password(password: str, field: str = "password") -> None:
+    validation.check_storable(field, password)
     if not password:
-        raise InvalidArgument("password must not be empty")
+        raise InvalidArgument(f"{field} must not be empty")
     if len(password.encode()) > _MAX_PASSWORD_BYTES:
-        raise InvalidArgument(f"password must be at most {_MAX_PASSWORD_BYTES} bytes")
+        raise InvalidArgument(f"{field} must be at most {_MAX_PASSWORD_BYTES} bytes")
 
 
 def _validate_roles(roles: Iterable[str]) -> list[Role]:

@@ -1,4 +1,4 @@
-"""Input rules for SaveEvents and GetEvents (contract sections 3 and 4).
+"""Input rules for SaveEvents, GetEvents and subscriptions (contract sections 3 to 5).
 
 Every violation is an ``InvalidArgument`` whose message starts with the field's path, as a
 client wrote it (``events[3].event_id``), so that a client can tell exactly what to fix.
@@ -92,8 +92,8 @@ def _json(field: str, value: str) -> None:
         _fail(field, "is JSON nested too deeply to check (about 1,000 levels at most)")
 
 
-def check_boundary(boundary: str) -> None:
-    _text("boundary", boundary, max_bytes=MAX_BOUNDARY_BYTES)
+def check_boundary(boundary: str, field: str = "boundary") -> None:
+    _text(field, boundary, max_bytes=MAX_BOUNDARY_BYTES)
 
 
 def check_query(field: str, query: Query | None) -> None:
@@ -193,6 +193,14 @@ def _check_event(i: int, event: EventToSave, lowered: str, seen: dict[str, int],
     if size > max_event_bytes:
         _fail(field, f"is about {size} bytes, more than the {max_event_bytes} a live subscriber can receive "
               "(ORISUN_NATS_MAX_PAYLOAD)")
+
+
+def check_stream_subscription(stream: str, after_version: int) -> None:
+    """CatchUpSubscribeToStream's own fields: the stream's name as SaveEvents takes it, and an
+    exclusive start version (-1: from the stream's first event, version 0)."""
+    _text("stream", stream, max_bytes=MAX_STREAM_NAME_BYTES)
+    if after_version < -1:
+        _fail("afterVersion", f"must be -1 (from the start) or a version >= 0, not {after_version}")
 
 
 def check_read(request: ReadRequest) -> None:

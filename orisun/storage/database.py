@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import psycopg
 from loguru import logger
@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from orisun.errors import NotFound, StartupError
+from orisun.errors import NotFound, StartupError, quoted
 
 POOL_WAIT = 3.0
 POOL_RECONNECT = 10.0
@@ -37,8 +37,16 @@ async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
     await conn.execute("SET jit = off")
 
 
+# Finds a boundary this process does not know yet (in the catalog): its schema, or None.
+Lookup = Callable[[str], Awaitable[str | None]]
+
+
 class Database:
-    """An async connection pool plus the configured boundaries.
+    """An async connection pool plus the boundaries this process serves (boundary → schema).
+
+    The boundaries start as the configured ones; ``add`` adds those of the catalog, also while
+    serving (``orisun.service.boundaries``). ``boundaries`` is replaced, never changed in place, so
+    a loop over it that awaits meanwhile is not disturbed by an addition.
 
     Connections are in autocommit mode: every multi-statement change opens an explicit
     ``conn.transaction()``, so no connection ever sits idle in a transaction.
@@ -46,7 +54,9 @@ class Database:
 
     def __init__(self, conninfo: str, boundaries: Mapping[str, str], *, pool_size: int = 10) -> None:
         self.conninfo = conninfo
-        self.boundaries = dict(boundaries)
+        self.boundaries: Mapping[str, str] = dict(boundaries)
+        self._lookup: Lookup | None = None
+        self._on_added: list[Callable[[str, str], None]] = []
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
@@ -104,8 +114,42 @@ class Database:
         await self.pool.close()
 
     def schema(self, boundary: str) -> str:
-        """The schema of a configured boundary; NotFound for any other boundary."""
+        """The schema of a boundary this process knows; NotFound for any other boundary."""
         try:
             return self.boundaries[boundary]
         except KeyError:
-            raise NotFound(f"boundary {boundary!r} is not configured (see ORISUN_PG_SCHEMAS)") from None
+            raise NotFound(_not_found(boundary)) from None
+
+    async def resolve(self, boundary: str) -> str:
+        """The schema of ``boundary``, also of one another node created a moment ago (asked of the
+        catalog, and added); NotFound if there is no such boundary."""
+        schema = self.boundaries.get(boundary)
+        if schema is not None:
+            return schema
+        schema = await self._lookup(boundary) if self._lookup is not None else None
+        if schema is None:
+            raise NotFound(_not_found(boundary))
+        self.add(boundary, schema)
+        return schema
+
+    def find_with(self, lookup: Lookup) -> None:
+        """Have ``resolve`` ask ``lookup`` for boundaries this process does not know."""
+        self._lookup = lookup
+
+    def on_added(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(boundary, schema)`` for each boundary ``add`` adds from now on."""
+        self._on_added.append(callback)
+
+    def add(self, boundary: str, schema: str) -> bool:
+        """Serve ``boundary`` (in ``schema``, created and migrated) from now on; whether it is new."""
+        if boundary in self.boundaries:
+            return False
+        self.boundaries = {**self.boundaries, boundary: schema}
+        for callback in self._on_added:
+            callback(boundary, schema)
+        return True
+
+
+def _not_found(boundary: str) -> str:
+    return (f"boundary {quoted(boundary)} is not configured (see ORISUN_PG_SCHEMAS) "
+            "and was not created (CreateBoundary)")

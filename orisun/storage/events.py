@@ -361,6 +361,58 @@ async def read_range(
     return events, through
 
 
+@functools.lru_cache(maxsize=256)
+def stream_range_statement(schema: str, query: _QueryShape | None) -> bytes:
+    """The SELECT of ``build_stream_range`` for a narrowed query of shape ``query`` (or none)."""
+    tags_table = sql.Identifier(schema, "event_tags")
+    conditions: list[sql.Composable] = [
+        # Led by UNIQUE (stream_name, stream_version): the scan starts at the version examined last.
+        sql.SQL("e.stream_name = %(stream)s AND e.stream_version > %(version)s"),
+        sql.SQL("e.position > %(prepare)s AND e.position <= %(end)s"),
+    ]
+    if query is not None:
+        conditions.append(_matches("q", query, tags_table))
+    # Within a stream, version order is position order: ordering by version follows the index.
+    return sql.SQL(
+        "SELECT {cols} FROM {events} e WHERE {where} ORDER BY e.stream_version LIMIT %(limit)s"
+    ).format(cols=_COLUMNS, events=sql.Identifier(schema, "events"),
+             where=sql.SQL(" AND ").join(conditions)).as_bytes(None)
+
+
+def build_stream_range(
+    schema: str, stream: str, after_version: int, after: int, upto: int, query: Query | None, limit: int
+) -> tuple[bytes, dict[str, object]]:
+    """The events of ``stream`` with a version above ``after_version`` and a position in
+    (after, upto], matching ``query``, in order: the statement and its values."""
+    query = narrowing(query)
+    params: dict[str, object] = {
+        "stream": stream, "version": _int8(max(after_version, -1)), "prepare": _int8(after),
+        "end": _int8(upto), "limit": Int8(limit),
+    }
+    if query is not None:
+        _tag_params("q", query, params)
+    return stream_range_statement(schema, _query_shape(query)), params
+
+
+async def read_stream_range(
+    db: Database, schema: str, stream: str, after_version: int, after: int, upto: int,
+    query: Query | None = None, limit: int = 1000,
+) -> tuple[list[Event], int]:
+    """(at most ``limit`` events of ``stream`` after ``after_version`` in (after, upto] matching
+    ``query``, the position read through): CatchUpSubscribeToStream's catch-up, through the
+    stream's index rather than the boundary's order.
+
+    Every event of the stream up to the second value has been examined: it is the last event's
+    position for a full page, else ``upto``."""
+    statement, params = build_stream_range(schema, stream, after_version, after, upto, query, limit)
+    with translate_errors(f"reading boundary schema {schema}"):
+        async with db.pool.connection() as conn:
+            cursor = await conn.execute(statement, params)
+            events = [event_from_row(cast(EventRow, row)) for row in await cursor.fetchall()]
+    through = events[-1].position.prepare if len(events) == limit else max(after, upto)
+    return events, through
+
+
 async def read_head(db: Database, schema: str) -> int:
     """The boundary's last committed position (0 when empty)."""
     with translate_errors(f"reading the head of boundary schema {schema}"):

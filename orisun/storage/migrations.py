@@ -25,12 +25,14 @@ waits, then finds the work done. A failed migration rolls back whole.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
 from loguru import logger
 from psycopg import sql
+from psycopg.rows import TupleRow
 
 from orisun.errors import StartupError
 from orisun.storage.database import Database
@@ -83,75 +85,82 @@ def load_functions(kind: str) -> list[Function]:
     return sorted(functions, key=lambda f: f.name)
 
 
-async def migrate(db: Database, admin_boundary: str) -> dict[str, list[str]]:
-    """Create every boundary's schema if missing and bring it up to date.
+async def migrate(
+    db: Database, admin_boundary: str, boundaries: Mapping[str, str] | None = None
+) -> dict[str, list[str]]:
+    """Create every boundary's schema if missing and bring it up to date (``boundaries``, or
+    every boundary ``db`` knows).
 
     Returns, per schema, the names of the migrations this call applied (empty when up to date).
     """
-    kinds = {BOUNDARY: load_migrations(BOUNDARY), ADMIN: load_migrations(ADMIN)}
-    functions = {BOUNDARY: load_functions(BOUNDARY), ADMIN: load_functions(ADMIN)}
     applied: dict[str, list[str]] = {}
-    for boundary, schema in db.boundaries.items():
-        wanted = [BOUNDARY, ADMIN] if boundary == admin_boundary else [BOUNDARY]
+    for boundary, schema in (db.boundaries if boundaries is None else boundaries).items():
         try:
-            applied[schema] = await _migrate_schema(
-                db, schema, {k: kinds[k] for k in wanted}, [f for k in wanted for f in functions[k]]
-            )
+            async with db.pool.connection() as conn, conn.transaction():
+                applied[schema] = await migrate_schema(conn, schema, admin=boundary == admin_boundary)
         except psycopg.Error as exc:
             raise StartupError(f"cannot migrate schema {schema!r} of boundary {boundary!r}: {exc}") from exc
     return applied
 
 
-async def _migrate_schema(
-    db: Database, schema: str, kinds: dict[str, list[Migration]], functions: list[Function]
-) -> list[str]:
+async def migrate_schema(conn: psycopg.AsyncConnection[TupleRow], schema: str, *, admin: bool = False) -> list[str]:
+    """Create ``schema`` if missing and bring it up to date as a boundary's (and, if ``admin``, as
+    the admin boundary's), in the transaction open on ``conn``. Returns the migrations applied.
+
+    Raises StartupError for a schema newer than this Orisun or a function that cannot be applied
+    (nothing is applied then: the caller's transaction rolls back), psycopg.Error otherwise.
+    """
+    wanted = [BOUNDARY, ADMIN] if admin else [BOUNDARY]
+    kinds = {kind: load_migrations(kind) for kind in wanted}
+    functions = [f for kind in wanted for f in load_functions(kind)]
     applied: list[str] = []
-    async with db.pool.connection() as conn, conn.transaction():
-        # One lock per schema, released at commit; hashtextextended gives a stable bigint key.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("orisun.migrate." + schema,)
+    # One lock per schema, released at commit; hashtextextended gives a stable bigint key.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("orisun.migrate." + schema,)
+    )
+    await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+    await conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS orisun_migrations (
+            kind       text NOT NULL,
+            version    integer NOT NULL,
+            name       text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (kind, version)
         )
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS orisun_migrations (
-                kind       text NOT NULL,
-                version    integer NOT NULL,
-                name       text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (kind, version)
+        """
+    )
+    cursor = await conn.execute("SELECT kind, max(version) FROM orisun_migrations GROUP BY kind")
+    done = {kind: version for kind, version in await cursor.fetchall()}
+    for kind, migrations in kinds.items():
+        current = done.get(kind, 0)
+        if current > len(migrations):
+            raise StartupError(
+                f"schema {schema!r} has {kind} migration {current}, newer than this Orisun knows "
+                f"({len(migrations)}); run a newer Orisun"
             )
-            """
-        )
-        cursor = await conn.execute("SELECT kind, max(version) FROM orisun_migrations GROUP BY kind")
-        done = {kind: version for kind, version in await cursor.fetchall()}
-        for kind, migrations in kinds.items():
-            current = done.get(kind, 0)
-            if current > len(migrations):
-                raise StartupError(
-                    f"schema {schema!r} has {kind} migration {current}, newer than this Orisun knows "
-                    f"({len(migrations)}); run a newer Orisun"
-                )
-            for migration in migrations[current:]:
-                await conn.execute(migration.sql.encode())
-                await conn.execute(
-                    "INSERT INTO orisun_migrations (kind, version, name) VALUES (%s, %s, %s)",
-                    (kind, migration.version, migration.name),
-                )
-                applied.append(f"{kind}/{migration.version:04d}_{migration.name}")
-        # Every start, also when no migration was due: an upgraded Orisun brings new function
-        # bodies without a new migration. Under the same lock, so racing nodes replace them one
-        # after the other (concurrent CREATE OR REPLACE of one function can fail with "tuple
-        # concurrently updated"); sessions running the old body replan at their next call.
-        for function in functions:
-            try:
-                await conn.execute(function.sql.encode())
-            except psycopg.Error as exc:
-                raise StartupError(
-                    f"cannot apply sql/functions/{function.kind}/{function.name}.sql to schema {schema!r}: {exc} "
-                    "(a changed signature needs a migration that drops the old function)"
-                ) from exc
+        for migration in migrations[current:]:
+            await conn.execute(migration.sql.encode())
+            await conn.execute(
+                "INSERT INTO orisun_migrations (kind, version, name) VALUES (%s, %s, %s)",
+                (kind, migration.version, migration.name),
+            )
+            applied.append(f"{kind}/{migration.version:04d}_{migration.name}")
+    # Every start, also when no migration was due: an upgraded Orisun brings new function
+    # bodies without a new migration. Under the same lock, so racing nodes replace them one
+    # after the other (concurrent CREATE OR REPLACE of one function can fail with "tuple
+    # concurrently updated"); sessions running the old body replan at their next call.
+    for function in functions:
+        try:
+            await conn.execute(function.sql.encode())
+        except psycopg.Error as exc:
+            raise StartupError(
+                f"cannot apply sql/functions/{function.kind}/{function.name}.sql to schema {schema!r}: {exc} "
+                "(a changed signature needs a migration that drops the old function)"
+            ) from exc
+    # Back to the connection's own search path for the rest of the caller's transaction.
+    await conn.execute("RESET search_path")
     if applied:
         logger.info("Schema {} migrated: {}", schema, ", ".join(applied))
     return applied

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import sql
@@ -24,6 +25,8 @@ class UserRecord:
     username: str
     password_hash: str
     roles: list[str]
+    created_at: datetime
+    updated_at: datetime  # the creation time until the password changes
 
 
 class UserStore:
@@ -34,7 +37,9 @@ class UserStore:
         self.schema = schema
         self._table = sql.Identifier(schema, "users")
         # The columns of a UserRecord, in its field order, for every read.
-        self._select = sql.SQL("SELECT id::text, name, username, password_hash, roles FROM {}").format(self._table)
+        self._select = sql.SQL(
+            "SELECT id::text, name, username, password_hash, roles, created_at, updated_at FROM {}"
+        ).format(self._table)
 
     async def get(self, username: str) -> UserRecord | None:
         query = self._select + sql.SQL(" WHERE username = %s")
@@ -44,6 +49,15 @@ class UserStore:
                 await cur.execute(query, (username,))
                 return await cur.fetchone()
 
+    async def get_by_id(self, user_id: str) -> UserRecord | None:
+        """The user with this id; ``user_id`` must be a UUID (the caller checks)."""
+        query = self._select + sql.SQL(" WHERE id = %s::uuid")
+        with translate_errors("reading a user"):
+            async with self._db.pool.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(UserRecord))
+                await cur.execute(query, (user_id,))
+                return await cur.fetchone()
+
     async def list(self) -> list[UserRecord]:
         query = self._select + sql.SQL(" ORDER BY username")
         with translate_errors("listing users"):
@@ -51,6 +65,15 @@ class UserStore:
                 cur = conn.cursor(row_factory=class_row(UserRecord))
                 await cur.execute(query)
                 return await cur.fetchall()
+
+    async def count(self) -> int:
+        query = sql.SQL("SELECT count(*) FROM {}").format(self._table)
+        with translate_errors("counting users"):
+            async with self._db.pool.connection() as conn:
+                cur = await conn.execute(query)
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def create(self, name: str, username: str, password_hash: str, roles: Sequence[str]) -> bool:
         """Insert a user; False when the username is taken (nothing changes then)."""

@@ -270,13 +270,23 @@ _REUSE = {
 }
 
 
+def conflict_message(stream: str, expected: int, actual: int) -> str:
+    """A failed expected-version check, as clients read it (issue #15): first upstream's servers'
+    exact wording, which upstream's Java client parses with the case-sensitive pattern
+    ``Expected\\s+(\\d+),\\s+Actual\\s+(\\d+)``, then the contract's lowercase ``expected N,
+    actual M`` with the stream's name. Both carry the same numbers, so either reading is right."""
+    return (f"OptimisticConcurrencyException:StreamVersionConflict: Expected {expected}, Actual {actual} "
+            f"(stream {quoted(stream)}: expected {expected}, actual {actual})")
+
+
 def _outcome(request: SaveRequest, row: tuple[object, ...]) -> WriteResult | Exception:
     _, outcome, commit, prepare, version, detail = row[:6]
     if outcome in ("ok", "idempotent"):
         assert isinstance(commit, int) and isinstance(prepare, int) and isinstance(version, int)
         return WriteResult(Position(commit, prepare), version)
     if outcome == "conflict":
-        return AlreadyExists(f"stream {quoted(request.stream)}: {detail}")
+        assert isinstance(version, int)
+        return AlreadyExists(conflict_message(request.stream, request.expected_version, version))
     if outcome == "duplicate":
         event_id, _, why = (detail if isinstance(detail, str) else "").partition(" ")
         return AlreadyExists(f"event_id {event_id} already exists {_REUSE.get(why, _REUSE['write'])}")

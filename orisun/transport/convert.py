@@ -106,6 +106,19 @@ def subscription_from_proto(
     )
 
 
+def stream_subscription_from_proto(
+    message: pb.CatchUpSubscribeToStreamRequest,
+) -> tuple[str, str, int, Query | None, str]:
+    """(boundary, stream, afterVersion, query, subscriber_name) of a CatchUpSubscribeToStream request."""
+    return (
+        message.boundary,
+        message.stream,
+        message.afterVersion,
+        query_from_proto(message.query) if message.HasField("query") else None,
+        message.subscriber_name,
+    )
+
+
 def write_result_to_proto(result: WriteResult) -> pb.WriteResult:
     return pb.WriteResult(
         log_position=pb.Position(commit_position=result.position.commit, prepare_position=result.position.prepare),

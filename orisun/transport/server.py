@@ -1,4 +1,4 @@
-"""Builds the grpc.aio server: EventStore, health and reflection, behind the auth interceptor."""
+"""Builds the grpc.aio server: EventStore, Admin, health and reflection, behind the auth interceptor."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from orisun._proto import admin_pb2_grpc
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.errors import StartupError
-from orisun.service.boundaries import Boundaries
+from orisun.service.admin import Admin
 from orisun.service.events import EventStore
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
 from orisun.tls import TlsMaterial
+from orisun.transport.admin import ADMIN_SERVICE_NAME, AdminServicer
 from orisun.transport.auth import AuthInterceptor, Gate
 from orisun.transport.convert import PAGE_ROOM, SEND_HEADROOM
 from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
@@ -31,7 +33,7 @@ class GrpcServer:
         events: EventStore,
         subscriptions: Subscriptions,
         pubsub: PubSubService,
-        boundaries: Boundaries,
+        admin: Admin,
         *,
         host: str,
         port: int,
@@ -42,7 +44,6 @@ class GrpcServer:
         """``reuse_port``: share the port with the other workers of this node (SO_REUSEPORT; the
         supervisor checked that nothing else listens on it)."""
         self._host = host
-        self._boundaries = boundaries  # for the Admin service
         self._tls = tls
         self._requested_port = port
         self.port = 0
@@ -77,10 +78,12 @@ class GrpcServer:
         )
         servicer = EventStoreServicer(events, subscriptions, pubsub, page_bytes=max(1, max_message_size - PAGE_ROOM))
         pb_grpc.add_EventStoreServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
+        # Authenticated by the same interceptor as EventStore: every method but health's needs it.
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(admin), self.server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
 
     async def start(self) -> None:
@@ -97,7 +100,7 @@ class GrpcServer:
         if self.port == 0:
             raise StartupError(problem)
         await self.server.start()
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:

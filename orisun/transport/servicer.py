@@ -67,6 +67,17 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             yield event
 
     @translate_errors
+    async def CatchUpSubscribeToStream(
+        self, request: pb.CatchUpSubscribeToStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        boundary, stream, after_version, query, name = convert.stream_subscription_from_proto(request)
+        events = self._subscriptions.subscribe_stream(current_user.get(), boundary, stream, after_version, query, name)
+        encode = self._encoded.encode
+        async with contextlib.aclosing(events):  # as SubscribeToEvents: frees the name at once
+            async for event in events:
+                yield encode(boundary, event)
+
+    @translate_errors
     async def PublishToPubSub(
         self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:

@@ -92,12 +92,11 @@ export function enc(text) {
   return encodeURIComponent(text);
 }
 
-/** The boundary names (from /api/overview), fetched once and then cached in state. */
+/** The boundary names (from /api/boundaries), asked for on every page that shows a picker: a
+ * boundary created at runtime (here, on another node or in another tab) appears without a reload. */
 export async function loadBoundaries(signal) {
-  if (!state.boundaries) {
-    const overview = await api("/api/overview", { signal });
-    state.boundaries = overview.boundaries.map((b) => b.boundary);
-  }
+  const answer = await api("/api/boundaries", { signal });
+  state.boundaries = answer.boundaries.map((b) => b.name);
   return state.boundaries;
 }
 

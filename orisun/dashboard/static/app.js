@@ -1,5 +1,5 @@
 // The Orisun admin dashboard: a single page with hash routes (#/overview, #/events, #/streams,
-// #/tail, #/subscriptions, #/users) over the JSON API of docs/dashboard.md.
+// #/tail, #/subscriptions, #/boundaries, #/users) over the JSON API of docs/dashboard.md.
 //
 // Rules kept throughout: data is shown with textContent only (never innerHTML); every POST and
 // DELETE sends Content-Type: application/json and X-CSRF-Token; any 401 goes to /login.
@@ -20,6 +20,7 @@
 import { h } from "./dom.js";
 import { Redirecting, api, describe, isQuiet } from "./api.js";
 import { isAdmin, state } from "./state.js";
+import { renderBoundaries } from "./pages/boundaries.js";
 import { renderEvents } from "./pages/events.js";
 import { renderOverview } from "./pages/overview.js";
 import { renderStreams } from "./pages/streams.js";
@@ -35,6 +36,7 @@ const ROUTES = {
   streams: { title: "Streams", render: renderStreams },
   tail: { title: "Live tail", render: renderTail },
   subscriptions: { title: "Subscriptions", render: renderSubscriptions },
+  boundaries: { title: "Boundaries", render: renderBoundaries },
   users: { title: "Users", render: renderUsers },
 };
 

@@ -2,7 +2,7 @@
 
 export const state = {
   session: null,
-  boundaries: null, // names, from /api/overview
+  boundaries: null, // names, from /api/boundaries (or the overview), the last ones seen
 };
 
 export function isAdmin() {
