@@ -442,7 +442,17 @@ class Consumer:
         self._requests.put(pb.ConsumeRequest(subject=subject, consumer_name=consumer_name, max_in_flight=max_in_flight))
         self._closed = False
         self._read_lock = threading.Lock()
+        self._end_lock = threading.Lock()
+        self._ended = False
         self._call = store.ConsumePubSub(self._request_stream(), metadata=metadata)
+
+    def _end_requests(self) -> None:
+        """End the request stream: a half-close while the call is open, and in any case the end of
+        gRPC's thread that waits on the queue for the next request."""
+        with self._end_lock:
+            if not self._ended:
+                self._ended = True
+                self._requests.put(_END)
 
     def _request_stream(self) -> Iterator[Any]:
         while (request := self._requests.get()) is not _END:
@@ -468,7 +478,11 @@ class Consumer:
             with self._read_lock:
                 try:
                     message = next(self._call)
+                except StopIteration:
+                    self._end_requests()
+                    raise
                 except grpc.RpcError as error:
+                    self._end_requests()
                     if self._closed and status_code(error) is grpc.StatusCode.CANCELLED:
                         raise StopIteration from None
                     raise translate(error) from None
@@ -484,7 +498,7 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
-        self._requests.put(_END)
+        self._end_requests()
         # The server ends the call with OK once it has applied the acks; what it still sends
         # meanwhile is given back, not handed out. A thread iterating the consumer holds the read
         # lock until the call ends (or sends us something): wait for it, bounded.
