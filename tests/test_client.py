@@ -252,6 +252,7 @@ class TcpProxy:
         self.holding = threading.Event()
         self._sockets: list[socket.socket] = []
         self._abandoned: set[socket.socket] = set()
+        self._frozen: set[socket.socket] = set()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -272,13 +273,13 @@ class TcpProxy:
     def _pump(self, source: socket.socket, target: socket.socket, to_client: bool) -> None:
         try:
             while data := source.recv(65536):
-                if not (to_client and self.holding.is_set()):
+                if not (to_client and self.holding.is_set()) and source not in self._frozen:
                     target.sendall(data)
         except OSError:
             pass
         finally:
             for sock in (source, target):
-                if sock not in self._abandoned:
+                if sock not in self._abandoned and sock not in self._frozen:
                     with _suppress_oserror():
                         sock.shutdown(socket.SHUT_RDWR)
 
@@ -292,6 +293,14 @@ class TcpProxy:
             with _suppress_oserror():
                 downstream.shutdown(socket.SHUT_RDWR)
             downstream.close()
+
+    def freeze(self) -> None:
+        """Stop passing anything on the current connections, both ways, and keep them open: the
+        server looks gone (a host that vanished, a partition) but nothing closes. New connections
+        work."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._frozen.update(sock for pair in pairs for sock in pair)
 
     def cut(self) -> None:
         with self._lock:
@@ -423,6 +432,28 @@ def test_a_named_subscription_waits_for_its_name_when_resuming(client: Client, o
             later = [EventData("E", {"i": i}, tags={"named": tag}) for i in range(3, 5)]
             client.save_events(unique("s"), later)
             delivered = events.wait_count(5, timeout=60)
+            assert [e.event_id for e in delivered] == [e.event_id for e in first + later]
+    finally:
+        proxy.close()
+
+
+def test_a_subscription_notices_a_silent_dead_connection_and_resumes(client: Client, orisun: ServerThread) -> None:
+    """The connection stays open but nothing comes through any more: the client's keepalive pings
+    go unanswered, the call fails, and the subscription reconnects and resumes."""
+    proxy = TcpProxy(orisun.app.grpc_port)
+    tag = unique("silent")
+    try:
+        with connect(f"127.0.0.1:{proxy.port}") as through_proxy, through_proxy.subscribe(
+            query={"silent": tag}
+        ) as subscription:
+            events = Collector(subscription)
+            first = [EventData("E", {"i": i}, tags={"silent": tag}) for i in range(2)]
+            client.save_events(unique("s"), first)
+            events.wait_count(2)
+            proxy.freeze()
+            later = [EventData("E", {"i": i}, tags={"silent": tag}) for i in range(2, 4)]
+            client.save_events(unique("s"), later)
+            delivered = events.wait_count(4, timeout=60)
             assert [e.event_id for e in delivered] == [e.event_id for e in first + later]
     finally:
         proxy.close()

@@ -15,6 +15,9 @@ import grpc
 #: of GetEvents, one large event. gRPC's default of 4 MiB would fail such reads.
 MAX_RECEIVE_MESSAGE_LENGTH = 64 * 1024 * 1024 + 64 * 1024
 
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+
 # gRPC waits up to 120 s between attempts to reconnect a channel whose server went away, failing
 # every call in the meantime: a subscription would resume long after the server is back.
 _DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -22,6 +25,14 @@ _DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Keepalive pings while calls are open, also when no data flows: a subscription whose server
+    # vanished without closing the connection (a host gone, a network partition) fails instead of
+    # waiting forever, and reconnects. Orisun accepts client pings every 5 s.
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # Without it, an unanswered ping closes the connection only after a minute (as on the server).
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 PemSource = bytes | str | os.PathLike[str]
