@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trustme
@@ -34,7 +34,6 @@ from orisun.client import (
     RetryPolicy,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
     WriteResult,
     WrongExpectedVersion,
     query,
@@ -57,7 +56,6 @@ from tests.support import (
 pytestmark = pytest.mark.timeout(120)
 
 BOUNDARIES = {"orisun_admin": "orisun_admin", "orders": "orders", "payments": "payments"}
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -500,22 +498,28 @@ def test_subscribe_resumes_across_a_server_restart_without_gap_or_duplicate(post
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def test_subscribe_to_stream_resumes_by_version(client: Client) -> None:
+def test_subscribe_to_stream_resumes_by_version(client: Client, orisun: ServerThread) -> None:
     stream = unique("one")
     client.save_events(stream, [EventData("E", {"i": i}) for i in range(3)])
     client.save_events(unique("other"), [EventData("Other", {})])
-    subscription = client.subscribe_to_stream(stream, after_version=0)
+    proxy = TcpProxy(orisun.app.grpc_port)
     try:
-        collector = Collector(subscription)
-        wait_for(lambda: collector.items or collector.error, 30, "the first event or an error")
-        if isinstance(collector.error, Unimplemented):
-            pytest.skip("this server has no CatchUpSubscribeToStream yet")
-        assert [e.version for e in collector.wait_count(2)] == [1, 2]
-        client.save_events(stream, [EventData("E", {"i": 3})])
-        assert [e.version for e in collector.wait_count(3)] == [1, 2, 3]
-        assert subscription.cursor == 3
+        with connect(f"127.0.0.1:{proxy.port}") as through_proxy, through_proxy.subscribe_to_stream(
+            stream, after_version=0
+        ) as subscription:
+            collector = Collector(subscription)
+            assert [e.version for e in collector.wait_count(2)] == [1, 2]
+            client.save_events(stream, [EventData("E", {"i": 3})])
+            assert [e.version for e in collector.wait_count(3)] == [1, 2, 3]
+            proxy.cut()  # the connection drops: it resumes after version 3
+            client.save_events(stream, [EventData("E", {"i": i}) for i in (4, 5)])
+            assert [e.version for e in collector.wait_count(5)] == [1, 2, 3, 4, 5]
+            assert [e.json()["i"] for e in collector.items] == [1, 2, 3, 4, 5]
+            assert subscription.cursor == 5
+            with pytest.raises(InvalidArgument):
+                next(iter(client.subscribe_to_stream(stream, after_version=-5)))
     finally:
-        subscription.close()
+        proxy.close()
 
 
 # --- pub/sub --------------------------------------------------------------------------------------
@@ -625,15 +629,8 @@ def test_tls_and_mutual_tls(postgres: EmbeddedPostgres, certificates: tuple[Path
 # --- admin ----------------------------------------------------------------------------------------
 
 
-def admin_or_skip(call: Callable[[], T]) -> T:
-    try:
-        return call()
-    except Unimplemented:
-        pytest.skip("this server has no orisun.Admin service yet")
-
-
 def test_admin_users(client: Client) -> None:
-    count = admin_or_skip(client.user_count)
+    count = client.user_count()
     username = unique("op")
     user = client.create_user(username, "first-Pass-1", name="Op", roles=[Role.OPERATIONS.value])
     assert (user.username, user.name, user.roles) == (username, "Op", ("OPERATIONS",))
@@ -653,7 +650,7 @@ def test_admin_users(client: Client) -> None:
 
 
 def test_admin_boundaries_and_counts(client: Client) -> None:
-    listed = admin_or_skip(client.list_boundaries)
+    listed = client.list_boundaries()
     assert {"orders", "payments", "orisun_admin"} <= {b.name for b in listed}
     orders = client.get_boundary("orders")
     assert (orders.schema, orders.status, orders.existed_before_catalog) == ("orders", "ACTIVE", True)
