@@ -73,7 +73,7 @@ class Boundaries:
 
     def _add(self, name: str, schema: str) -> None:
         if self._db.add(name, schema):
-            logger.info("Serving boundary {!r} (schema {!r}), created at runtime", name, schema)
+            logger.info("Serving boundary {!r} (schema {!r}) from the boundary catalog", name, schema)
 
     async def _lookup(self, name: str) -> str | None:
         if identifier_problem(name, "boundary") is not None:

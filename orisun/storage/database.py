@@ -113,13 +113,6 @@ class Database:
     async def close(self) -> None:
         await self.pool.close()
 
-    def schema(self, boundary: str) -> str:
-        """The schema of a boundary this process knows; NotFound for any other boundary."""
-        try:
-            return self.boundaries[boundary]
-        except KeyError:
-            raise NotFound(_not_found(boundary)) from None
-
     async def resolve(self, boundary: str) -> str:
         """The schema of ``boundary``, also of one another node created a moment ago (asked of the
         catalog, and added); NotFound if there is no such boundary."""
@@ -128,7 +121,8 @@ class Database:
             return schema
         schema = await self._lookup(boundary) if self._lookup is not None else None
         if schema is None:
-            raise NotFound(_not_found(boundary))
+            raise NotFound(f"boundary {quoted(boundary)} is not configured (see ORISUN_PG_SCHEMAS) "
+                           "and was not created (CreateBoundary)")
         self.add(boundary, schema)
         return schema
 
@@ -148,8 +142,3 @@ class Database:
         for callback in self._on_added:
             callback(boundary, schema)
         return True
-
-
-def _not_found(boundary: str) -> str:
-    return (f"boundary {quoted(boundary)} is not configured (see ORISUN_PG_SCHEMAS) "
-            "and was not created (CreateBoundary)")
