@@ -416,7 +416,7 @@ class Orisun:
         assert self.nats_client is not None and self.users is not None
         if self.worker is not None:
             assert self.subscriptions is not None
-            answering = await answer_figures(self.nats_client, self.node, self.subscriptions)
+            answering = await answer_figures(self.nats_client, self.node, self.subscriptions, self.pubsub)
             stops.push_async_callback(self._unsubscribe, answering)
         sharing = await share_logins(self.nats_client, self.node, self.users.throttle)
         stops.push_async_callback(sharing.close)
@@ -455,7 +455,7 @@ class Orisun:
     async def _start_monitor(self, stops: contextlib.AsyncExitStack) -> None:
         assert self.nats_client is not None and self.subscriptions is not None
         node = NodeSubscriptions(self.subscriptions, self.nats_client, self.node,
-                                 lambda: self.workers.running if self.workers is not None else 0)
+                                 lambda: self.workers.running if self.workers is not None else 0, self.pubsub)
         self.monitor = Monitor(self.db_or_fail, self.nats_client, node)
         stops.push_async_callback(self.monitor.close)
         self.monitor.start()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
@@ -22,7 +22,8 @@ from nats.aio.subscription import Subscription
 
 from orisun.messaging import gather
 from orisun.model import Position
-from orisun.service.subscriptions import NamedSubscription, Subscriptions
+from orisun.service.pubsub import PubSubService, ServedConsumer
+from orisun.service.subscriptions import NamedSubscription, ServedSubscription, Subscriptions
 from orisun.service.throttle import LoginThrottle
 
 # How long the dashboard waits for the workers' answers; a worker that is restarting is left out.
@@ -59,25 +60,36 @@ async def share_logins(client: Client, node: str, throttle: LoginThrottle) -> ga
     return broadcast
 
 
-def figures(subscriptions: Subscriptions) -> dict[str, Any]:
+def _position(position: Position | None) -> list[int]:
+    return [position.commit, position.prepare] if position else []
+
+
+def figures(subscriptions: Subscriptions, pubsub: PubSubService | None = None) -> dict[str, Any]:
     """One process's subscriptions as plain data (what a worker answers)."""
     return {
-        "active": [[each.boundary, each.subscriber_name,
-                    *([each.position.commit, each.position.prepare] if each.position else [])]
+        "active": [[each.boundary, each.subscriber_name, *_position(each.position)]
                    for each in subscriptions.active()],
         "live": subscriptions.live(),
+        "served": [[each.boundary, each.subscriber_name, each.stream, each.since, each.examined, each.delivered,
+                    *_position(each.position)]
+                   for each in subscriptions.served()],
+        "pubsub": [[each.subject, each.consumer_name, each.call, each.since, each.delivered]
+                   for each in (pubsub.served() if pubsub is not None else [])],
     }
 
 
-async def answer_figures(client: Client, node: str, subscriptions: Subscriptions) -> Subscription:
+async def answer_figures(client: Client, node: str, subscriptions: Subscriptions,
+                         pubsub: PubSubService | None = None) -> Subscription:
     """Answer the supervisor's requests for this worker's subscriptions."""
-    return await gather.answer(client, figures_subject(node), lambda: figures(subscriptions))
+    return await gather.answer(client, figures_subject(node), lambda: figures(subscriptions, pubsub))
 
 
 @dataclass(frozen=True)
 class NodeSnapshot:
     active: list[NamedSubscription]
     live: dict[str, int]  # boundary -> subscriptions served
+    served: list[ServedSubscription] = field(default_factory=list)  # every open subscription call
+    pubsub: list[ServedConsumer] = field(default_factory=list)  # every open pub/sub call
 
 
 class NodeSubscriptions:
@@ -85,14 +97,15 @@ class NodeSubscriptions:
     says how many there are, of the node's worker processes."""
 
     def __init__(self, local: Subscriptions, client: Client | None = None, node: str = "",
-                 workers: Callable[[], int] = lambda: 0) -> None:
+                 workers: Callable[[], int] = lambda: 0, pubsub: PubSubService | None = None) -> None:
         self._local = local
+        self._pubsub = pubsub
         self._client = client
         self._node = node
         self._workers = workers
 
     async def _all(self) -> list[dict[str, Any]]:
-        everyone = [figures(self._local)]
+        everyone = [figures(self._local, self._pubsub)]
         if self._client is not None and self._workers() > 0:
             everyone += await gather.gather(self._client, figures_subject(self._node), self._workers(), GATHER_TIMEOUT)
         return everyone
@@ -101,11 +114,20 @@ class NodeSubscriptions:
         """The named subscriptions served (by boundary and name) and how many subscriptions (named
         or not) are served per boundary, from one round of answers."""
         found = []
+        served = []
+        consumers = []
         total: collections.Counter[str] = collections.Counter()
         for each in await self._all():
             for entry in each.get("active", []):
                 boundary, name, *position = entry
                 found.append(NamedSubscription(boundary, name, Position(*position) if position else None))
             total.update({boundary: int(count) for boundary, count in each.get("live", {}).items()})
+            for entry in each.get("served", []):
+                boundary, name, stream, since, examined, delivered, *position = entry
+                served.append(ServedSubscription(boundary, name, stream, since, examined,
+                                                 Position(*position) if position else None, delivered))
+            consumers += [ServedConsumer(*entry) for entry in each.get("pubsub", [])]
         return NodeSnapshot(sorted(found, key=lambda each: (each.boundary, each.subscriber_name)),
-                            {boundary: total[boundary] for boundary in self._local.live()})
+                            {boundary: total[boundary] for boundary in self._local.live()},
+                            sorted(served, key=lambda each: (each.boundary, each.subscriber_name, each.since)),
+                            sorted(consumers, key=lambda each: (each.subject, each.consumer_name, each.since)))

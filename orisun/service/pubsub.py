@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -35,6 +36,26 @@ class ConsumeRequest:
     nack: tuple[int, ...] = ()
 
 
+@dataclass(eq=False)  # hashed by identity: one per open call
+class _Open:
+    subject: str
+    consumer_name: str
+    call: str  # "SubscribeToPubSub" or "ConsumePubSub"
+    since: float
+    delivered: int = 0
+
+
+@dataclass(frozen=True)
+class ServedConsumer:
+    """One open SubscribeToPubSub or ConsumePubSub call of this process, for the dashboard."""
+
+    subject: str
+    consumer_name: str
+    call: str  # "SubscribeToPubSub" or "ConsumePubSub"
+    since: float  # Unix time the call opened
+    delivered: int  # messages handed over since the call opened (redeliveries included)
+
+
 def _check_subject(subject: str, pattern: re.Pattern[str], what: str) -> None:
     if not subject:
         raise InvalidArgument("subject: is required")
@@ -49,6 +70,12 @@ class PubSubService:
     def __init__(self, pubsub: PubSub, *, max_payload: int) -> None:
         self._pubsub = pubsub
         self._max_payload = max_payload
+        self._open: set[_Open] = set()
+
+    def served(self) -> list[ServedConsumer]:
+        """The open pub/sub calls of this process, by subject and consumer name."""
+        return sorted((ServedConsumer(each.subject, each.consumer_name, each.call, each.since, each.delivered)
+                       for each in self._open), key=lambda each: (each.subject, each.consumer_name, each.since))
 
     async def consumers(self) -> list[ConsumerStatus]:
         """Every pub/sub consumer with its pending counts (any user may look)."""
@@ -74,10 +101,16 @@ class PubSubService:
                         closed: asyncio.Event | None = None) -> AsyncGenerator[PubSubMessage, None]:
         """SubscribeToPubSub; ``closed`` is set when the call ends (see PubSub.subscribe)."""
         _check_opening(subject, consumer_name)
-        # aclosing: a cancelled client must give back its messages now, not at GC.
-        async with contextlib.aclosing(self._pubsub.subscribe(subject, consumer_name, closed)) as messages:
-            async for message in messages:
-                yield message
+        served = _Open(subject, consumer_name, "SubscribeToPubSub", time.time())
+        self._open.add(served)
+        try:
+            # aclosing: a cancelled client must give back its messages now, not at GC.
+            async with contextlib.aclosing(self._pubsub.subscribe(subject, consumer_name, closed)) as messages:
+                async for message in messages:
+                    served.delivered += 1
+                    yield message
+        finally:
+            self._open.discard(served)
 
     async def consume(self, user: User, requests: AsyncIterator[ConsumeRequest]) -> AsyncGenerator[Delivery, None]:
         """ConsumePubSub: deliveries to settle, at most max_in_flight unsettled at a time, until the
@@ -112,6 +145,8 @@ class PubSubService:
                 settled.set()
 
         settler = asyncio.create_task(settle(), name=f"pubsub-consume-{first.consumer_name}")
+        served = _Open(first.subject, first.consumer_name, "ConsumePubSub", time.time())
+        self._open.add(served)
         try:
             while not ended.is_set():
                 if consumer.in_flight >= limit:
@@ -130,10 +165,12 @@ class PubSubService:
                 for delivery in receiving.result():
                     if ended.is_set():
                         break  # given back by close() below
+                    served.delivered += 1
                     yield delivery
             if failures:
                 raise failures[0]
         finally:
+            self._open.discard(served)
             settler.cancel()
             await asyncio.wait([settler])
             await consumer.close()

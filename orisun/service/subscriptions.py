@@ -323,6 +323,38 @@ class NamedSubscription:
     position: Position | None  # of the last event handed over; None before the first
 
 
+@dataclass(eq=False)  # hashed by identity: one per open call
+class _Progress:
+    """How far one open subscription call got (what ``served`` reports); updated as it delivers."""
+
+    boundary: str
+    subscriber_name: str  # "" for an unnamed subscription
+    stream: str | None  # CatchUpSubscribeToStream's stream; None for a whole boundary
+    since: float  # time.time() when the call opened
+    cursor: int = 0  # the last position examined, delivered or not (0 until the catch-up starts)
+    position: Position | None = None  # of the last event handed over; None before the first
+    delivered: int = 0  # events handed over since the call opened
+
+
+@dataclass(frozen=True)
+class ServedSubscription:
+    """One open subscription call (named or not), for the dashboard and the metrics.
+
+    Its lag is ``head - examined``: events committed after the last position it looked at, so a
+    subscription whose query skips most events is not reported behind once it has passed them."""
+
+    boundary: str
+    subscriber_name: str  # "" for an unnamed subscription
+    stream: str | None  # CatchUpSubscribeToStream's stream; None for SubscribeToEvents
+    since: float  # Unix time the call opened
+    examined: int  # the last position examined, delivered or not (0 before the catch-up starts)
+    position: Position | None  # of the last event handed over; None before the first
+    delivered: int  # events handed over since the call opened
+
+    def lag(self, head: int) -> int:
+        return max(head - self.examined, 0)
+
+
 class Subscriptions:
     """Serves SubscribeToEvents and CatchUpSubscribeToStream for every boundary of this node."""
 
@@ -346,6 +378,7 @@ class Subscriptions:
         self._starting: dict[str, asyncio.Task[Tail]] = {}
         self._claims: dict[tuple[str, str], _Claim] = {}
         self._live: collections.Counter[str] = collections.Counter()  # open subscriptions per boundary
+        self._served: set[_Progress] = set()  # one per open call
         self._schemas: Mapping[str, str] = {schema: boundary for boundary, schema in db.boundaries.items()}
 
     def add(self, boundary: str, schema: str) -> None:
@@ -372,6 +405,16 @@ class Subscriptions:
             key=lambda each: (each.boundary, each.subscriber_name),
         )
 
+    def served(self) -> list[ServedSubscription]:
+        """Every open subscription call of this process, named or not, by boundary and name."""
+        return sorted(
+            (ServedSubscription(each.boundary, each.subscriber_name, each.stream, each.since,
+                                max(each.cursor, each.position.prepare if each.position else 0),
+                                each.position, each.delivered)
+             for each in self._served),
+            key=lambda each: (each.boundary, each.subscriber_name, each.since),
+        )
+
     def live(self) -> dict[str, int]:
         """How many subscriptions (named or not) this node serves, per boundary."""
         return {boundary: self._live[boundary] for boundary in self._db.boundaries}
@@ -393,7 +436,7 @@ class Subscriptions:
             _check_name(name)
             return schema, _BoundarySelection(self._db, schema, after or Position(0, 0), narrowing(query))
 
-        return self._deliver(boundary, name, prepare)
+        return self._deliver(boundary, name, None, prepare)
 
     def subscribe_stream(
         self, user: User, boundary: str, stream: str, after_version: int, query: Query | None, name: str
@@ -413,20 +456,23 @@ class Subscriptions:
             _check_name(name)
             return schema, _StreamSelection(self._db, schema, stream, after_version, narrowing(query))
 
-        return self._deliver(boundary, name, prepare)
+        return self._deliver(boundary, name, stream, prepare)
 
     async def _deliver(
-        self, boundary: str, name: str, prepare: Callable[[], Awaitable[tuple[str, _Selection]]]
+        self, boundary: str, name: str, stream: str | None,
+        prepare: Callable[[], Awaitable[tuple[str, _Selection]]],
     ) -> AsyncGenerator[Event, None]:
         """The events a selection wants, in order, once each: catch-up, then live (see the module).
         ``prepare`` checks the request and gives its schema and selection."""
         schema, selection = await prepare()
         claim = await self._claim(schema, boundary, name) if name else None
         self._live[boundary] += 1
+        progress = _Progress(boundary, name, stream, time.time())
+        self._served.add(progress)
         try:
             tail = await self._tail(boundary, schema)
             lost = [claim.lost] if claim else []
-            cursor = selection.start
+            cursor = progress.cursor = selection.start
             while True:
                 # 1. Catch-up from PostgreSQL, up to what the tail holds.
                 upto = tail.newest
@@ -435,8 +481,10 @@ class Subscriptions:
                     for event in page:
                         if claim is not None:
                             claim.position = event.position
+                        progress.position = event.position
+                        progress.delivered += 1
                         yield event
-                    cursor = through
+                    cursor = progress.cursor = through
                 # 2. Live from the tail, until this subscriber falls behind it.
                 try:
                     while True:
@@ -451,11 +499,14 @@ class Subscriptions:
                             if selection.wants(event):
                                 if claim is not None:
                                     claim.position = event.position
+                                progress.position = event.position
+                                progress.delivered += 1
                                 yield event
-                            cursor = event.position.prepare
+                            cursor = progress.cursor = event.position.prepare
                 except FellBehind:
                     continue
         finally:
+            self._served.discard(progress)
             self._live[boundary] -= 1
             if claim is not None:
                 await self._release(schema, name, claim)
