@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"orisun: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.logging_level)
+    setup_logging(settings.logging_level, log_format=settings.logging_format)
     clean_up = follow_bootloader()
     try:
         return _run(_serve(settings))
@@ -84,7 +84,7 @@ def _worker() -> int:
     except Exception:  # not the supervisor's instructions: someone ran it by hand
         print(refusal, file=sys.stderr)
         return 2
-    setup_logging(spec.settings.logging_level, process=f"worker {spec.index}")
+    setup_logging(spec.settings.logging_level, worker=spec.index, log_format=spec.settings.logging_format)
     return _run(_serve_worker(spec))
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import environs
 
 from orisun.errors import ConfigError
+from orisun.logs import LOG_FORMATS, TEXT
 from orisun.model import identifier_problem
 from orisun.tls import CERT_VARIABLE, CLIENT_CA_VARIABLE, KEY_VARIABLE, TlsFiles
 from orisun.tls import load as load_tls
@@ -106,6 +107,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(CLIENT_CA_VARIABLE, "(none)", "PEM CA certificates: gRPC clients must then present a client "
              "certificate signed by one of them (mTLS). Needs ORISUN_TLS_CERT_FILE."),
     Variable("ORISUN_LOGGING_LEVEL", "INFO", "Log level: " + ", ".join(_LOG_LEVELS) + "."),
+    Variable("ORISUN_LOGGING_FORMAT", TEXT, "Log format: text (one line per record, for people) or json (one "
+             "JSON object per line with time, level, message and logger, for log shippers)."),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -152,6 +155,7 @@ class Settings:
     # None = plaintext gRPC and HTTP.
     tls: TlsFiles | None = None
     logging_level: str = "INFO"
+    logging_format: str = TEXT  # orisun.logs.LOG_FORMATS
 
     @property
     def embedded_pg(self) -> bool:
@@ -345,6 +349,9 @@ def load_settings() -> Settings:
     level = env.str("ORISUN_LOGGING_LEVEL", "INFO").upper()
     if level not in _LOG_LEVELS:
         raise ConfigError("ORISUN_LOGGING_LEVEL", f"{level!r} is not one of {', '.join(_LOG_LEVELS)}")
+    log_format = env.str("ORISUN_LOGGING_FORMAT", TEXT).strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("ORISUN_LOGGING_FORMAT", f"{log_format[:32]!r} is not one of {', '.join(LOG_FORMATS)}")
 
     admin_boundary = validate_identifier(
         env.str("ORISUN_ADMIN_BOUNDARY", "orisun_admin").strip(), "boundary", "ORISUN_ADMIN_BOUNDARY")
@@ -390,6 +397,7 @@ def load_settings() -> Settings:
         admin_port=_port(env, "ORISUN_ADMIN_PORT"),
         tls=_tls(env),
         logging_level=level,
+        logging_format=log_format,
     )
     if settings.nats_max_payload > 64 * 1024 * 1024:
         raise ConfigError("ORISUN_NATS_MAX_PAYLOAD", "must be at most 67108864 (64 MiB), the NATS limit")

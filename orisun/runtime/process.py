@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from orisun.errors import StartupError
+from orisun.logs import relay_line
 
 _TAIL_LINES = 20  # lines of output kept for error reports
 _MESSAGE_LINES = 5  # of those, how many go into a one-line StartupError
@@ -241,7 +242,8 @@ class ChildProcess:
         instructions: on a pipe, not in its environment or command line, as they hold secrets).
         ``on_line`` is called with each line of standard output. With ``relay_stderr`` the
         child's standard error is copied to Orisun's as it is (a worker's log lines, formatted
-        and levelled by the worker itself) rather than logged at DEBUG.
+        and levelled by the worker itself; ``relay_line`` wraps other lines in JSON mode) rather
+        than logged at DEBUG.
         """
         self.name = name
         self._argv = list(argv)
@@ -377,8 +379,7 @@ class ChildProcess:
                 continue
             self._tail.append(text)
             if relay:
-                sys.stderr.write(text + "\n")
-                sys.stderr.flush()
+                relay_line(text, self.name)
             else:
                 self._log.debug("{}", text)
             if on_line is not None:
