@@ -113,6 +113,8 @@ def _loopback(host: str) -> bool:
 
 
 class Orisun:
+    """One Orisun process: the whole node, the supervisor of its workers, or one worker; starts and stops every part."""
+
     def __init__(self, settings: Settings, worker: WorkerSpec | None = None) -> None:
         """The whole node or its supervisor (by ``settings.workers``), or the worker ``worker``."""
         self.settings = settings

@@ -44,6 +44,8 @@ PG_CONNECTION_VARIABLES = (
 
 @dataclass(frozen=True)
 class Variable:
+    """One ``ORISUN_*`` environment variable as ``orisun --help`` and the README list it."""
+
     name: str
     default: str
     description: str

@@ -15,6 +15,8 @@ _T = TypeVar("_T")
 
 
 class Role(StrEnum):
+    """A user's role; ``ADMIN`` and ``OPERATIONS`` may write (docs/contract.md §7)."""
+
     ADMIN = "ADMIN"
     OPERATIONS = "OPERATIONS"
 
@@ -93,6 +95,8 @@ class Position:
 
 @dataclass(frozen=True)
 class Tag:
+    """A key/value label of an event, matched exactly by queries."""
+
     key: str
     value: str
 
@@ -121,6 +125,8 @@ def narrowing(query: Query | None) -> Query | None:
 
 @dataclass(frozen=True)
 class EventToSave:
+    """One event of a SaveEvents request, as the client sent it."""
+
     event_id: str
     event_type: str
     data: str
@@ -130,6 +136,8 @@ class EventToSave:
 
 @dataclass(frozen=True)
 class SaveRequest:
+    """A validated SaveEvents request: events for one stream, with the version the client expects."""
+
     boundary: str
     stream: str
     expected_version: int
@@ -139,12 +147,16 @@ class SaveRequest:
 
 @dataclass(frozen=True)
 class WriteResult:
+    """A stored write's answer: its last event's position and the stream's new version."""
+
     position: Position
     new_stream_version: int
 
 
 @dataclass(frozen=True)
 class Event:
+    """A stored event, as reads and subscriptions return it."""
+
     event_id: str
     event_type: str
     data: str
@@ -218,6 +230,8 @@ def row_position(row: EventRow) -> Position:
 
 
 class Direction(StrEnum):
+    """The order a read walks the boundary's global positions."""
+
     ASC = "ASC"
     DESC = "DESC"
 

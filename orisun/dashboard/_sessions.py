@@ -21,6 +21,8 @@ ABSOLUTE_TIMEOUT = 12 * 3600.0  # seconds after login a session ends regardless
 
 @dataclass
 class Session:
+    """One logged-in dashboard user: who, the CSRF token of their forms, and when it began and was last used."""
+
     username: str
     csrf_token: str
     created: float

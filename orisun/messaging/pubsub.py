@@ -72,6 +72,8 @@ _ENVELOPE_BYTES = len(_MAGIC) + 2 * _LENGTH.size
 
 @dataclass(frozen=True)
 class PubSubMessage:
+    """A pub/sub message as published and delivered (docs/contract.md §6)."""
+
     id: str
     subject: str
     data: str
@@ -341,6 +343,8 @@ async def _fetch(subscription: JetStreamContext.PullSubscription, most: int) -> 
 
 
 class PubSub:
+    """Pub/sub topics on JetStream: publishing, and durable consumers for SubscribeToPubSub and ConsumePubSub."""
+
     def __init__(self, client: Client, *, retention: float, ack_wait: float, replicas: int = 1,
                  ack_delay: float = ACK_DELAY, max_unacked: int = MAX_UNACKED) -> None:
         self._client = client

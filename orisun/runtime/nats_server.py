@@ -97,6 +97,8 @@ class ClusterOptions:
 
 @dataclass(frozen=True)
 class NatsServerOptions:
+    """How to run the embedded ``nats-server``: address, store, limits, credentials, cluster."""
+
     host: str
     port: int  # 0 = any free port
     store_dir: Path

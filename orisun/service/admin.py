@@ -42,6 +42,8 @@ def _throttled(exc: Throttled, username: str) -> Unavailable:
 
 
 class Admin:
+    """The Admin API's rules: users and runtime boundaries, with who may manage them."""
+
     def __init__(self, users: Users, boundaries: Boundaries, db: Database) -> None:
         self._users = users
         self._boundaries = boundaries

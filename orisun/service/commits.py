@@ -22,6 +22,8 @@ from orisun.model import Event
 
 
 class Source(StrEnum):
+    """Who reports a commit (see the module's docstring): this node's writer, its feed, or NOTIFY."""
+
     WRITER = "writer"
     FEED = "feed"
     NOTIFY = "notify"

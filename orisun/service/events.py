@@ -50,6 +50,8 @@ class PageSink(Protocol):
 
 
 class EventStore:
+    """SaveEvents and GetEvents: checks the caller, validates, and hands writes to each boundary's writer."""
+
     def __init__(
         self, db: Database, *, max_event_bytes: int, on_commit: Callable[[str, list[Event]], None] | None = None
     ) -> None:

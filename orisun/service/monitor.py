@@ -33,6 +33,8 @@ MAX_STREAMS_PAGE = 500
 
 @dataclass(frozen=True)
 class Health:
+    """Whether a dependency (PostgreSQL, NATS) answers now, and how fast."""
+
     ok: bool
     latency: float | None  # seconds
     error: str | None
@@ -41,12 +43,16 @@ class Health:
 
 @dataclass(frozen=True)
 class RatePoint:
+    """Events written per second around one moment, for the dashboard's rate chart."""
+
     at: datetime
     events_per_second: float
 
 
 @dataclass(frozen=True)
 class BoundaryOverview:
+    """A boundary's figures on the dashboard's overview."""
+
     boundary: str
     schema: str
     head: int
@@ -57,6 +63,8 @@ class BoundaryOverview:
 
 @dataclass(frozen=True)
 class Overview:
+    """What the dashboard's overview shows: uptime, dependencies' health, each boundary's figures."""
+
     started_at: datetime
     uptime: float  # seconds
     postgres: Health
@@ -66,6 +74,8 @@ class Overview:
 
 @dataclass(frozen=True)
 class SubscriptionProgress:
+    """A named subscription with its boundary's head, to tell how far behind it is."""
+
     subscription: NamedSubscription
     head: int
 
@@ -77,6 +87,8 @@ class SubscriptionProgress:
 
 
 class Monitor:
+    """The figures the dashboard shows: health checks, write rates sampled from heads, subscriptions."""
+
     def __init__(self, db: Database, nats_client: Client, subscriptions: NodeSubscriptions) -> None:
         self._db = db
         self._nats = nats_client

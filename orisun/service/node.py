@@ -86,6 +86,8 @@ async def answer_figures(client: Client, node: str, subscriptions: Subscriptions
 
 @dataclass(frozen=True)
 class NodeSnapshot:
+    """The subscriptions and pub/sub calls open on the whole node (every process) at one moment."""
+
     active: list[NamedSubscription]
     live: dict[str, int]  # boundary -> subscriptions served
     served: list[ServedSubscription] = field(default_factory=list)  # every open subscription call

@@ -67,6 +67,8 @@ def _check_subject(subject: str, pattern: re.Pattern[str], what: str) -> None:
 
 
 class PubSubService:
+    """PublishToPubSub, SubscribeToPubSub and ConsumePubSub: validation, then the JetStream topics."""
+
     def __init__(self, pubsub: PubSub, *, max_payload: int) -> None:
         self._pubsub = pubsub
         self._max_payload = max_payload

@@ -45,6 +45,8 @@ ADMIN = "admin"
 
 @dataclass(frozen=True)
 class Migration:
+    """One numbered schema migration file (``sql/<kind>/NNNN_name.sql``)."""
+
     kind: str  # "boundary" or "admin"
     version: int
     name: str
@@ -68,6 +70,8 @@ def load_migrations(kind: str) -> list[Migration]:
 
 @dataclass(frozen=True)
 class Function:
+    """One SQL function file (``sql/functions/<kind>/name.sql``), applied at every start."""
+
     kind: str  # "boundary" or "admin"
     name: str  # the function's name, which is the file's name
     sql: str

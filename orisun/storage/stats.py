@@ -14,12 +14,16 @@ from orisun.storage.database import Database
 
 @dataclass(frozen=True)
 class BoundaryStats:
+    """A boundary's head position and number of streams."""
+
     head: int  # the last position; positions are dense, so also the number of events
     streams: int
 
 
 @dataclass(frozen=True)
 class StreamInfo:
+    """One stream of a boundary: its name, last version and last write."""
+
     name: str
     version: int
     updated_at: datetime

@@ -20,6 +20,8 @@ USERS_CHANGED_CHANNEL = "orisun_users_changed"
 
 @dataclass(frozen=True)
 class UserRecord:
+    """A row of the admin boundary's ``users`` table, password hash included."""
+
     id: str
     name: str
     username: str

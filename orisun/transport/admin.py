@@ -44,6 +44,8 @@ def _timestamp(moment: datetime) -> Timestamp:
 
 
 class AdminServicer(pb_grpc.AdminServicer):
+    """The ``orisun.Admin`` gRPC service: translates between protobuf and the Admin service."""
+
     def __init__(self, admin: Admin) -> None:
         self._admin = admin
 

@@ -27,6 +27,8 @@ KEEPALIVE_TIMEOUT_MS = 4_000
 
 
 class GrpcServer:
+    """The gRPC server: EventStore, Admin, health and reflection, with auth, TLS and keepalives."""
+
     def __init__(
         self,
         users: Users,

@@ -23,6 +23,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStore"].full_name
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
+    """The ``eventstore.EventStore`` gRPC service: translates between protobuf and the services."""
+
     def __init__(
         self, events: EventStore, subscriptions: Subscriptions, pubsub: PubSubService, *, page_bytes: int
     ) -> None:
