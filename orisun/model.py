@@ -21,7 +21,7 @@ class Role(StrEnum):
     OPERATIONS = "OPERATIONS"
 
 
-# Roles that may write events (contract section 7); any authenticated user may read.
+# Roles that may write events (docs/contract.md §7); any authenticated user may read.
 WRITE_ROLES = frozenset({Role.ADMIN, Role.OPERATIONS})
 
 
@@ -238,7 +238,7 @@ class Direction(StrEnum):
 
 @dataclass(frozen=True)
 class ReadRequest:
-    """GetEvents: filters combine with AND (contract section 4)."""
+    """GetEvents: filters combine with AND (docs/contract.md §4)."""
 
     boundary: str
     stream: str | None = None

@@ -2,7 +2,7 @@
 
 Only -plaintext, the auth header and the port are added (that is what ``grpcurl()`` does); the JSON
 bodies are copied exactly from the brief. The boundaries they name are configured the way the brief
-configures them (ORISUN_PG_SCHEMAS=users:test2,...). Contract sections 2-4 and 7.
+configures them (ORISUN_PG_SCHEMAS=users:test2,...). docs/contract.md §2 to §4 and §7.
 
 Not covered here: the "Multiple Bounded Contexts" example, whose bodies contain ``"events": [...]``
 (not valid JSON, so it cannot be run verbatim), and the subscription/pub-sub examples.

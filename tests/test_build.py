@@ -210,7 +210,7 @@ def test_service_exposes_its_rpcs_with_their_streaming_kinds() -> None:
     assert callable(eventstore_pb2_grpc.add_EventStoreServicer_to_server)
 
 
-# message -> {field: (number, type name or scalar, repeated)}; contract section 1.
+# message -> {field: (number, type name or scalar, repeated)}; docs/contract.md §1.
 S, I32, U32, I64, U64, E, B = "string", "int32", "uint32", "int64", "uint64", "enum", "bool"
 CONTRACT = {
     "Position": {"commit_position": (1, U64, False), "prepare_position": (2, U64, False)},

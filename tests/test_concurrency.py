@@ -1,4 +1,4 @@
-"""Concurrency on a real server (contract sections 2-4): group commit under load, racing writers,
+"""Concurrency on a real server (docs/contract.md §2 to §4): group commit under load, racing writers,
 readers paging while writers commit, two nodes on one database, racing idempotent retries, and
 appends to a table that already holds many events.
 

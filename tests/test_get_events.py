@@ -1,6 +1,6 @@
 """GetEvents on a real server: stream reads, tag queries, cursors, paging, count, errors.
 
-Contract sections 2 and 4. One server per module; the module seeds two boundaries once (`catalog`,
+docs/contract.md §2 and §4. One server per module; the module seeds two boundaries once (`catalog`,
 40 events in 9 writes across streams, and `bulk`, 150 events) and every test only reads them, so
 positions are known exactly: the n-th event saved has prepare position n. The round-trip tests at
 the end write to their own boundary, `roundtrip`.
@@ -424,7 +424,7 @@ def test_every_event_round_trips(world: World) -> None:
     ]
 
 
-# --- What SaveEvents stored comes back exactly (contract section 3) --------------------------------
+# --- What SaveEvents stored comes back exactly (docs/contract.md §3) --------------------------------
 
 
 def _name(prefix: str) -> str:
@@ -474,7 +474,7 @@ def test_valid_json_beyond_python_defaults_is_stored(world: World) -> None:
 
 def test_deeply_nested_json_is_never_an_internal_error(world: World) -> None:
     # 100,000 nested arrays (200 kB) is valid JSON: store it, or refuse it as INVALID_ARGUMENT
-    # naming the field, but INTERNAL means a server bug (contract section 7).
+    # naming the field, but INTERNAL means a server bug (docs/contract.md §7).
     s = _name("deep")
     data = "[" * 100_000 + "]" * 100_000
     try:

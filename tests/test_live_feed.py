@@ -1,4 +1,4 @@
-"""The live feed and live subscriptions on real servers (contract sections 2 and 5, issue #4).
+"""The live feed and live subscriptions on real servers (docs/contract.md §2 and §5, issue #4).
 
 Covered here, each against real PostgreSQL, real nats-server and gRPC on free ports:
 
@@ -638,7 +638,7 @@ def test_two_nodes_one_owner_failover_and_subscriber_name_exclusivity(harness: H
 
 
 def test_two_nodes_live_events_are_pushed_to_subscribers_on_every_node(harness: Harness) -> None:
-    """Contract section 5: live delivery is pushed, "within milliseconds of its commit", with no
+    """docs/contract.md §5: live delivery is pushed, "within milliseconds of its commit", with no
     fixed polling delay, for a subscriber on any node, whichever node the event was written through."""
     nodes = [harness.start(), harness.start()]
     wait_for(lambda: [owns(n) for n in nodes].count(True) == 1, 10, "exactly one node to own the feed")

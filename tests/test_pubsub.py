@@ -1,6 +1,6 @@
-"""PublishToPubSub / SubscribeToPubSub on a real server (contract sections 6 and 7).
+"""PublishToPubSub / SubscribeToPubSub on a real server (docs/contract.md §6 and §7).
 
-Written from the contract and the implementer's stated decisions, not from the implementation:
+Written from the contract (docs/contract.md) and the implementer's stated decisions, not from the implementation:
 
 - subjects are dot-separated tokens of [A-Za-z0-9_-]; publish takes no wildcards, subscribe may use
   `*` tokens and a final `>`; anything else is INVALID_ARGUMENT naming `subject`;

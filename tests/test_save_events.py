@@ -1,6 +1,6 @@
 """SaveEvents on a real server: positions, versions, concurrency checks, idempotency, validation.
 
-Contract sections 2, 3 and 7. One server is shared by the module; every test uses its own streams
+docs/contract.md §2, §3 and §7. One server is shared by the module; every test uses its own streams
 (and the tests that need absolute positions their own boundary). That data, metadata and tags come
 back byte-for-byte is tested in test_get_events.py.
 """
@@ -103,7 +103,7 @@ def head(stub: Any, boundary: str = B) -> int:
 
 # Issue #15: a conflict's message starts with upstream's wording, which upstream's Java client parses
 # with JAVA_CLIENT (case-sensitive, digits only: it cannot read a negative version), and still
-# carries the contract's lowercase "expected N, actual M".
+# carries the lowercase (docs/contract.md §3) "expected N, actual M".
 UPSTREAM_CONFLICT = re.compile(
     r"OptimisticConcurrencyException:StreamVersionConflict: Expected (-?\d+), Actual (-?\d+)")
 JAVA_CLIENT = re.compile(r"Expected\s+(\d+),\s+Actual\s+(\d+)")

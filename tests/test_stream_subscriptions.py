@@ -1,4 +1,4 @@
-"""CatchUpSubscribeToStream on a real server (issue #15, point 1; contract section 5 applied to one stream).
+"""CatchUpSubscribeToStream on a real server (issue #15, point 1; docs/contract.md §5 applied to one stream).
 
 Written from the issue and the proto's comments. What is checked:
 

@@ -1,6 +1,6 @@
-"""SubscribeToEvents / CatchUpSubscribeToEvents on a real server (contract sections 2, 4, 5 and 7).
+"""SubscribeToEvents / CatchUpSubscribeToEvents on a real server (docs/contract.md §2, §4, §5 and §7).
 
-Written from the contract, not from the implementation. What is checked:
+Written from the contract (docs/contract.md), not from the implementation. What is checked:
 
 - a subscription delivers every event of its boundary matching its query, after its position
   (exclusive; absent = from the start), history first and then live, in position order, each once,
@@ -17,7 +17,7 @@ Written from the contract, not from the implementation. What is checked:
   server's live window shrunk to a few events) still gets everything in order, once each;
 - subscriber_name exclusivity per boundary, across both RPC names and across two nodes on one
   database, and its release when the client or the node goes;
-- errors on the stream with the contract's codes, and that reading needs no write role.
+- errors on the stream with the codes of docs/contract.md §7, and that reading needs no write role.
 
 One server for the module; every test uses its own boundary (positions are per boundary, so exact
 position lists are known) and cancels its calls at the end. A subscription's end cannot be seen

@@ -1,4 +1,4 @@
-"""Pub/sub topics on JetStream (contract section 6).
+"""Pub/sub topics on JetStream (docs/contract.md §6).
 
 One file-backed stream, ``ORISUN_PUBSUB``, holds every topic under ``orisun.pubsub.<subject>``
 for ``retention`` seconds. A subscriber name maps to one durable pull consumer per subject:

@@ -1,4 +1,4 @@
-"""Catch-up subscriptions (contract section 5): history from PostgreSQL, then the live feed.
+"""Catch-up subscriptions (docs/contract.md §5): history from PostgreSQL, then the live feed.
 
 Every subscription keeps a cursor, the last position it has *examined* (matching or not), and
 only ever moves it forward by consecutive positions, so it can neither skip nor repeat an event:

@@ -1,4 +1,4 @@
-"""Input rules for SaveEvents, GetEvents and subscriptions (contract sections 3 to 5).
+"""Input rules for SaveEvents, GetEvents and subscriptions (docs/contract.md §3 to §5).
 
 Every violation is an ``InvalidArgument`` whose message starts with the field's path, as a
 client wrote it (``events[3].event_id``), so that a client can tell exactly what to fix.

@@ -155,7 +155,7 @@ def _read_select(shape: ReadShape, columns: sql.Composable) -> sql.Composable:
     if shape.cursor:
         if shape.asc:
             # Real cursors satisfy prepare <= commit and name an event; then "after" is exactly
-            # position > prepare. The pair comparison keeps the contract's lexicographic order.
+            # position > prepare. The pair comparison keeps the lexicographic order of docs/contract.md §2.
             conditions.append(sql.SQL(
                 "e.position > %(prepare)s AND (e.commit_position, e.position) > (%(commit)s, %(prepare)s)"))
             bound = sql.SQL("AND t0.position > %(prepare)s")
@@ -316,7 +316,7 @@ def range_statement(schema: str, query: _QueryShape | None) -> bytes:
     tags_table = sql.Identifier(schema, "event_tags")
     conditions: list[sql.Composable] = [
         sql.SQL("e.position > %(prepare)s AND e.position <= %(end)s"),
-        # The contract's lexicographic cursor; for real cursors the line above already implies it.
+        # The lexicographic cursor of docs/contract.md §2; for real cursors the line above already implies it.
         sql.SQL("(e.commit_position, e.position) > (%(commit)s, %(prepare)s)"),
     ]
     if query is not None:

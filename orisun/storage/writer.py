@@ -2,7 +2,7 @@
 
 While one group is being committed, new requests queue up; the next group takes all of them (up
 to a size bound), so under load a single transaction and a single round trip carry many requests
-(contract section 2). Each request still gets its own answer: the ``append_events`` function
+(docs/contract.md §2). Each request still gets its own answer: the ``append_events`` function
 checks them one after another against the state that includes the requests before it.
 
 Positions are assigned by PostgreSQL under the boundary's head-row lock, not here, so several
@@ -273,7 +273,7 @@ _REUSE = {
 def conflict_message(stream: str, expected: int, actual: int) -> str:
     """A failed expected-version check, as clients read it (issue #15): first upstream's servers'
     exact wording, which upstream's Java client parses with the case-sensitive pattern
-    ``Expected\\s+(\\d+),\\s+Actual\\s+(\\d+)``, then the contract's lowercase ``expected N,
+    ``Expected\\s+(\\d+),\\s+Actual\\s+(\\d+)``, then the lowercase (docs/contract.md §3) ``expected N,
     actual M`` with the stream's name. Both carry the same numbers, so either reading is right."""
     return (f"OptimisticConcurrencyException:StreamVersionConflict: Expected {expected}, Actual {actual} "
             f"(stream {quoted(stream)}: expected {expected}, actual {actual})")

@@ -1,4 +1,4 @@
-"""Basic auth on every call except health (contract section 7), and the decoding of requests.
+"""Basic auth on every call except health (docs/contract.md §7), and the decoding of requests.
 
 The interceptor authenticates before the handler runs and hands the user to EventStore handlers
 through ``current_user``. Reflection needs credentials too: the API's shape is not public.

@@ -1,6 +1,6 @@
 -- The version of the last event of stream p_stream that matches p_criteria, or -1 if none does:
--- the "actual" version of a SaveEvents consistency check narrowed by subsetQuery (contract
--- section 3). p_criteria is [[[key, value], ...], ...]: criteria OR'd, the tags of one criterion
+-- the "actual" version of a SaveEvents consistency check narrowed by subsetQuery
+-- (docs/contract.md §3). p_criteria is [[[key, value], ...], ...]: criteria OR'd, the tags of one criterion
 -- AND'd, with the event_type pseudo-tag already spelled 'event_type' (it is indexed under that key).
 -- Walks the stream newest first through UNIQUE (stream_name, stream_version) and stops at the
 -- first match.

@@ -1,5 +1,5 @@
 -- Appends a group of SaveEvents requests in one transaction, in one round trip (group commit,
--- contract section 2). Requests are taken in order; each is checked against the state that
+-- docs/contract.md §2). Requests are taken in order; each is checked against the state that
 -- includes the requests before it, and gets its own outcome, so one bad request never fails its
 -- neighbours:
 --   ok          appended; r_commit = r_prepare = the position of its last event, r_version = the

@@ -1,5 +1,5 @@
 -- Appends a group of SaveEvents requests in one transaction, in one round trip (group commit,
--- contract section 2). Requests are taken in order; each is checked against the state that
+-- docs/contract.md §2). Requests are taken in order; each is checked against the state that
 -- includes the requests before it, and gets its own outcome, so one bad request never fails its
 -- neighbours:
 --   ok          appended; r_commit = r_prepare = the position of its last event, r_version = the
@@ -28,7 +28,7 @@
 -- first. A 1-request group runs three statements: the head lock, the reads, and the write (which
 -- also notifies).
 --
--- Exact retries (contract section 3; issue #12 made the rule exact):
+-- Exact retries (docs/contract.md §3; issue #12 made the rule exact):
 -- A request is a retry only if its events are exactly the events of ONE stored write: the
 -- same ids in the same order, no more and no fewer (a part of a write is not a retry, nor are
 -- two writes together), in the same stream, each with the same event_type, data, metadata and
