@@ -1,6 +1,5 @@
 """Fixtures and helpers shared by the SaveEvents tests (tests/test_save_events*.py): the module's server
-(``store``, ``stub``), event and request builders, reads, and ``conflict``, which checks a
-conflict's status and both wordings of its message.
+(``store``, ``stub``), event and request builders, writes and reads.
 
 The test files bind the fixtures here (`store`, `stub`) to module names of their own, so that pytest
 finds them there (importing a fixture that a test takes as a parameter is a lint error, F811).
