@@ -246,7 +246,7 @@ def test_create_boundary_validation_names_the_field(server: ServerThread, reques
 def test_every_worker_serves_the_admin_service_and_its_changes(start_server: Callable[..., ServerThread]) -> None:
     """With workers, a call reaches any of them: each serves orisun.Admin, and what one changes
     (a deleted user, a new boundary) holds on every other at once."""
-    from tests.test_workers import on_every_worker
+    from tests.workers_support import on_every_worker
 
     server = start_server(workers=2)
     channels = on_every_worker(server)
