@@ -30,7 +30,7 @@ from tests.admin_api_support import BOUNDARIES, RPCS, Admin, event_store_status,
 from tests.compat.stubs import PROTOS, compile_descriptor_set
 from tests.support import ServerThread, auth_metadata, grpcurl, grpcurl_path
 
-# Fixtures shared with the other files of this topic (tests/admin_api_support.py), bound here for pytest.
+# Fixtures of tests/admin_api_support.py, bound to names of this module so that pytest finds them here.
 server = admin_api_support.server
 
 

@@ -20,7 +20,7 @@ from tests import admin_api_support
 from tests.admin_api_support import RPCS, Admin, event_store_status, new_user
 from tests.support import ADMIN, ServerThread
 
-# Fixtures shared with the other files of this topic (tests/admin_api_support.py), bound here for pytest.
+# Fixtures of tests/admin_api_support.py, bound to names of this module so that pytest finds them here.
 server = admin_api_support.server
 
 

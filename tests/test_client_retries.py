@@ -15,7 +15,7 @@ from tests import client_support
 from tests.client_support import TcpProxy, connect, unique
 from tests.support import ServerThread, wait_for
 
-# Fixtures shared with the other files of this topic (tests/client_support.py), bound here for pytest.
+# Fixtures of tests/client_support.py, bound to names of this module so that pytest finds them here.
 orisun = client_support.orisun
 client = client_support.client
 

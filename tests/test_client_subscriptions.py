@@ -18,7 +18,7 @@ from tests import client_support
 from tests.client_support import BOUNDARIES, Collector, TcpProxy, connect, unique
 from tests.support import ServerThread, free_port, fresh_database, server_settings, shared_tmpdir, wait_for
 
-# Fixtures shared with the other files of this topic (tests/client_support.py), bound here for pytest.
+# Fixtures of tests/client_support.py, bound to names of this module so that pytest finds them here.
 orisun = client_support.orisun
 client = client_support.client
 

@@ -28,7 +28,7 @@ from tests.cluster_support import (
 from tests.support import wait_for
 from tests.test_concurrency import Write, new_events, verify
 
-# Fixtures shared with the other files of this topic (tests/cluster_support.py), bound here for pytest.
+# Fixtures of tests/cluster_support.py, bound to names of this module so that pytest finds them here.
 cluster = cluster_support.cluster
 
 

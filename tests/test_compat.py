@@ -41,7 +41,7 @@ from tests.compat_support import (
     unique,
 )
 
-# Fixtures shared with the other files of this topic (tests/compat_support.py), bound here for pytest.
+# Fixtures of tests/compat_support.py, bound to names of this module so that pytest finds them here.
 server = compat_support.server
 channel = compat_support.channel
 ours = compat_support.ours

@@ -37,7 +37,7 @@ from tests.fuzz_support import (
 )
 from tests.support import ADMIN, ServerThread
 
-# Fixtures shared with the other files of this topic (tests/fuzz_support.py), bound here for pytest.
+# Fixtures of tests/fuzz_support.py, bound to names of this module so that pytest finds them here.
 fuzz = fuzz_support.fuzz
 fresh_log = fuzz_support.fresh_log
 

@@ -42,7 +42,7 @@ from tests.fuzz_support import (
 )
 from tests.support import ADMIN, auth_metadata, basic
 
-# Fixtures shared with the other files of this topic (tests/fuzz_support.py), bound here for pytest.
+# Fixtures of tests/fuzz_support.py, bound to names of this module so that pytest finds them here.
 fuzz = fuzz_support.fuzz
 fresh_log = fuzz_support.fresh_log
 

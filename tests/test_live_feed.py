@@ -38,7 +38,7 @@ from tests.live_feed_support import (
 from tests.support import ServerThread, wait_for
 from tests.test_concurrency import AUTH, BOUNDARY, Write, new_events, verify
 
-# Fixtures shared with the other files of this topic (tests/live_feed_support.py), bound here for pytest.
+# Fixtures of tests/live_feed_support.py, bound to names of this module so that pytest finds them here.
 harness = live_feed_support.harness
 
 

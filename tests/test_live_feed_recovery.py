@@ -20,7 +20,7 @@ from tests.live_feed_support import FILTER, Harness, check_feed, feed_last, get_
 from tests.support import wait_for
 from tests.test_concurrency import verify
 
-# Fixtures shared with the other files of this topic (tests/live_feed_support.py), bound here for pytest.
+# Fixtures of tests/live_feed_support.py, bound to names of this module so that pytest finds them here.
 harness = live_feed_support.harness
 
 

@@ -32,7 +32,7 @@ from tests.pubsub_support import (
 )
 from tests.support import ADMIN, GrpcurlStream, ServerThread, auth_metadata, grpcurl, wait_for
 
-# Fixtures shared with the other files of this topic (tests/pubsub_support.py), bound here for pytest.
+# Fixtures of tests/pubsub_support.py, bound to names of this module so that pytest finds them here.
 pubsub_server = pubsub_support.pubsub_server
 stub = pubsub_support.stub
 subscribe = pubsub_support.subscribe

@@ -23,7 +23,7 @@ from tests import save_events_support
 from tests.save_events_support import ADMIN_AUTH, B, ev, head, query, read_stream, refused, request, save, stream_name
 from tests.support import ServerThread, auth_metadata
 
-# Fixtures shared with the other files of this topic (tests/save_events_support.py), bound here for pytest.
+# Fixtures of tests/save_events_support.py, bound to names of this module so that pytest finds them here.
 store = save_events_support.store
 stub = save_events_support.stub
 

@@ -27,7 +27,7 @@ from tests.save_events_support import (
     stream_name,
 )
 
-# Fixtures shared with the other files of this topic (tests/save_events_support.py), bound here for pytest.
+# Fixtures of tests/save_events_support.py, bound to names of this module so that pytest finds them here.
 store = save_events_support.store
 stub = save_events_support.stub
 

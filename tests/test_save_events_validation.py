@@ -18,7 +18,7 @@ from tests import save_events_support
 from tests.save_events_support import B, ev, new_id, query, read_stream, refused, request, save, stream_name
 from tests.support import ServerThread
 
-# Fixtures shared with the other files of this topic (tests/save_events_support.py), bound here for pytest.
+# Fixtures of tests/save_events_support.py, bound to names of this module so that pytest finds them here.
 store = save_events_support.store
 stub = save_events_support.stub
 

@@ -38,7 +38,7 @@ from tests.stream_subscriptions_support import (
 )
 from tests.support import CHANNEL_OPTIONS, ServerThread, auth_metadata, server_settings, shared_tmpdir, wait_for
 
-# Fixtures shared with the other files of this topic (tests/stream_subscriptions_support.py), bound here for pytest.
+# Fixtures of tests/stream_subscriptions_support.py, bound to names of this module so that pytest finds them here.
 st_server = stream_subscriptions_support.st_server
 stub = stream_subscriptions_support.stub
 subscribe = stream_subscriptions_support.subscribe

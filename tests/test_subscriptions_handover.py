@@ -31,7 +31,7 @@ from tests.subscriptions_support import (
 )
 from tests.support import CHANNEL_OPTIONS, ServerThread, wait_for
 
-# Fixtures shared with the other files of this topic (tests/subscriptions_support.py), bound here for pytest.
+# Fixtures of tests/subscriptions_support.py, bound to names of this module so that pytest finds them here.
 sub_server = subscriptions_support.sub_server
 stub = subscriptions_support.stub
 subscribe = subscriptions_support.subscribe

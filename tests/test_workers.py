@@ -35,7 +35,7 @@ from tests import workers_support
 from tests.support import CHANNEL_OPTIONS, OrisunProcess, ServerThread, alive, connections, free_port, grpcurl, wait_for
 from tests.workers_support import AUTH, BOUNDARY, channel, read_all, save, worker_pids
 
-# Fixtures shared with the other files of this topic (tests/workers_support.py), bound here for pytest.
+# Fixtures of tests/workers_support.py, bound to names of this module so that pytest finds them here.
 node = workers_support.node
 
 

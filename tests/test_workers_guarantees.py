@@ -20,7 +20,7 @@ from tests.support import ServerThread, auth_metadata, connections, running_serv
 from tests.test_dashboard_http import Client, logged_in
 from tests.workers_support import AUTH, BOUNDARIES, BOUNDARY, channel, on_every_worker, read_all, save, worker_pids
 
-# Fixtures shared with the other files of this topic (tests/workers_support.py), bound here for pytest.
+# Fixtures of tests/workers_support.py, bound to names of this module so that pytest finds them here.
 node = workers_support.node
 
 
