@@ -241,7 +241,7 @@ def test_with_workers_a_boundary_created_through_one_worker_is_live_on_every_wor
     from orisun._proto import admin_pb2 as apb
     from orisun._proto import admin_pb2_grpc as apb_grpc
     from orisun._proto import eventstore_pb2_grpc as pb_grpc
-    from tests.test_workers import on_every_worker
+    from tests.workers_support import on_every_worker
 
     server = start_server(workers=2)
     channels = on_every_worker(server)

@@ -31,6 +31,7 @@ from orisun.client import (
 )
 from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.tls import TlsFiles
+from tests.client_support import BOUNDARIES, TcpProxy, certificates, unique
 from tests.support import (
     ADMIN,
     CHANNEL_OPTIONS,
@@ -41,10 +42,9 @@ from tests.support import (
     server_settings,
     shared_tmpdir,
 )
-from tests.test_client import BOUNDARIES, TcpProxy, certificates, unique
 
 pytestmark = pytest.mark.timeout(120)
-__all__ = ["certificates"]  # the module-scoped fixture, shared with tests/test_client.py
+__all__ = ["certificates"]  # the module-scoped fixture of tests/client_support.py, shared with tests/test_client.py
 
 
 @pytest.fixture(scope="module")

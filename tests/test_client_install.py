@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from orisun.runtime.postgres import EmbeddedPostgres
+from tests.client_support import BOUNDARIES
 from tests.support import ADMIN, running_server, shared_tmpdir
-from tests.test_client import BOUNDARIES
 
 ROOT = Path(__file__).resolve().parent.parent
 

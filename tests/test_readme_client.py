@@ -10,8 +10,8 @@ import pytest
 
 from orisun.client import Client
 from orisun.runtime.postgres import EmbeddedPostgres
+from tests.client_support import BOUNDARIES, Collector
 from tests.support import ADMIN, CHANNEL_OPTIONS, running_server, wait_for
-from tests.test_client import BOUNDARIES, Collector
 
 pytestmark = pytest.mark.timeout(120)
 README = Path(__file__).resolve().parent.parent / "README.md"
