@@ -61,7 +61,7 @@ from orisun.service.commits import Commits
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
 from orisun.service.monitor import Monitor
-from orisun.service.node import NodeSubscriptions, answer_figures, share_logins
+from orisun.service.node import NodeSubscriptions, answer_figures, share_logins, share_user_changes
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.users import Users
@@ -422,6 +422,14 @@ class Orisun:
             stops.push_async_callback(self._unsubscribe, answering)
         sharing = await share_logins(self.nats_client, self.node, self.users.throttle)
         stops.push_async_callback(sharing.close)
+        changes = await share_user_changes(self.nats_client, self.node, self.users, self._node_processes)
+        stops.push_async_callback(self._unsubscribe, changes)
+
+    def _node_processes(self) -> int:
+        """The processes of this node: the supervisor and its workers (those running, as the supervisor sees them)."""
+        if self.worker is not None:
+            return self.settings.workers + 1
+        return 1 + (self.workers.running if self.workers is not None else 0)
 
     @staticmethod
     async def _unsubscribe(subscription: object) -> None:

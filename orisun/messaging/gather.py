@@ -24,21 +24,31 @@ from nats.aio.subscription import Subscription
 
 async def answer(client: Client, subject: str, figures: Callable[[], Any]) -> Subscription:
     """Answer every request on ``subject`` with ``figures()`` as JSON; unsubscribe to stop."""
+    return await respond(client, subject, lambda body: figures())
+
+
+async def respond(client: Client, subject: str, handle: Callable[[Any], Any]) -> Subscription:
+    """Answer every request on ``subject`` with ``handle(body)`` as JSON (``body``: the request's
+    JSON, None when it has none); unsubscribe to stop."""
 
     async def reply(msg: Msg) -> None:
         if not msg.reply:
             return
         try:
-            await client.publish(msg.reply, json.dumps(figures(), separators=(",", ":")).encode())
+            body = json.loads(msg.data) if msg.data else None
+        except ValueError:
+            return
+        try:
+            await client.publish(msg.reply, json.dumps(handle(body), separators=(",", ":")).encode())
         except Exception as exc:  # NATS away: the asker counts this process as missing
             logger.debug("cannot answer {}: {!r}", subject, exc)
 
     return await client.subscribe(subject, cb=reply)
 
 
-async def gather(client: Client, subject: str, expected: int, within: float) -> list[Any]:
-    """The JSON answers to one request on ``subject``: ``expected`` of them, or fewer when
-    ``within`` seconds pass first."""
+async def gather(client: Client, subject: str, expected: int, within: float, body: Any = None) -> list[Any]:
+    """The JSON answers to one request on ``subject`` (carrying ``body`` as JSON, if not None):
+    ``expected`` of them, or fewer when ``within`` seconds pass first."""
     if expected <= 0:
         return []
     answers: list[Any] = []
@@ -55,7 +65,8 @@ async def gather(client: Client, subject: str, expected: int, within: float) -> 
     inbox = client.new_inbox()
     subscription = await client.subscribe(inbox, cb=collect)
     try:
-        await client.publish(subject, b"", reply=inbox)
+        payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        await client.publish(subject, payload, reply=inbox)
         try:
             await asyncio.wait_for(complete.wait(), within)
         except TimeoutError:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from loguru import logger
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
@@ -25,6 +26,7 @@ from orisun.model import Position
 from orisun.service.pubsub import PubSubService, ServedConsumer
 from orisun.service.subscriptions import NamedSubscription, ServedSubscription, Subscriptions
 from orisun.service.throttle import LoginThrottle
+from orisun.service.users import Users
 
 # How long the dashboard waits for the workers' answers; a worker that is restarting is left out.
 GATHER_TIMEOUT = 1.0
@@ -37,6 +39,34 @@ def figures_subject(node: str) -> str:
 
 def logins_subject(node: str) -> str:
     return f"_orisun.node.{node}.logins"
+
+
+def users_subject(node: str) -> str:
+    return f"_orisun.node.{node}.users"
+
+
+async def share_user_changes(client: Client, node: str, users: Users, processes: Callable[[], int]) -> Subscription:
+    """Make a user change made through one process of the node hold on all of them when it is
+    answered: the changing process asks every process (``processes()``, itself included) to forget
+    the user and waits for their answers, at most GATHER_TIMEOUT (a process restarting has no
+    cache to forget). Without this, a user deleted through one worker still passed on another for
+    as long as PostgreSQL's notification took. Unsubscribe the returned subscription to stop."""
+
+    def forget(body: Any) -> bool:
+        if isinstance(body, str):
+            users.forget(body)
+        return True
+
+    subscription = await gather.respond(client, users_subject(node), forget)
+
+    async def tell(username: str) -> None:
+        try:
+            await gather.gather(client, users_subject(node), processes(), GATHER_TIMEOUT, body=username)
+        except Exception as exc:  # NATS away: the others still learn through PostgreSQL's notification
+            logger.warning("Could not tell the node's other processes that user {!r} changed: {!r}", username, exc)
+
+    users.tell_node = tell
+    return subscription
 
 
 async def share_logins(client: Client, node: str, throttle: LoginThrottle) -> gather.Broadcast:

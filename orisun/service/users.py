@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import argon2
@@ -148,6 +148,10 @@ class Users:
         self._dummy_hash: str | None = None
         self._watches: dict[str, set[_Watch]] = {}
         self._rechecks: set[asyncio.Task[None]] = set()
+        # Set when this process is one of a node's (service/node.py share_user_changes): makes the
+        # node's other processes forget a changed user before the change is answered. Other nodes
+        # learn of it through PostgreSQL (listen_for_user_changes), milliseconds later.
+        self.tell_node: Callable[[str], Awaitable[None]] | None = None
 
     def _digest(self, username: str, password: str) -> bytes:
         return hmac.new(self._secret, f"{username}\0{password}".encode(), hashlib.sha256).digest()
@@ -209,6 +213,13 @@ class Users:
             task = loop.create_task(self._recheck(names), name="orisun-user-recheck")
             self._rechecks.add(task)
             task.add_done_callback(self._rechecks.discard)
+
+    async def _changed(self, username: str) -> None:
+        """``username`` was created, changed or deleted here: no process of this node may go on
+        trusting what it cached of that user once the change is answered."""
+        self.forget(username)
+        if self.tell_node is not None:
+            await self.tell_node(username)
 
     async def authenticate(self, username: str, password: str, address: str = "") -> User:
         """The user with these credentials; Unauthenticated otherwise (never saying which part is
@@ -386,7 +397,7 @@ class Users:
         _validate_password(password)
         if not await self._store.create(name or username, username, hash_password(password), validated):
             raise AlreadyExists(f"username {quoted(username)} is taken")
-        self.forget(username)
+        await self._changed(username)
         record = await self._store.get(username)
         assert record is not None
         return _to_user(record)
@@ -396,7 +407,7 @@ class Users:
         _validate_password(password, field)
         if not await self._store.set_password(username, hash_password(password)):
             raise NotFound(f"user {quoted(username)} does not exist")
-        self.forget(username)
+        await self._changed(username)
 
     async def delete(self, username: str, *, caller: User | None = None) -> None:
         """Delete a user. ``caller``: who asks; nobody may delete their own user (there would be no
@@ -405,7 +416,7 @@ class Users:
             raise FailedPrecondition(f"user {quoted(username)} is you: you cannot delete yourself")
         if not await self._store.delete(username):
             raise NotFound(f"user {quoted(username)} does not exist")
-        self.forget(username)
+        await self._changed(username)
 
 
 def _validate_password(password: str, field: str = "password") -> None:
