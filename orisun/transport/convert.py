@@ -139,13 +139,6 @@ def _varint_size(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
-def event_entry(event: Event) -> tuple[pb.Event, int]:
-    """``event`` as a proto and the bytes it adds to a GetEventsResponse (field tag, length, body)."""
-    message = event_to_proto(event)
-    size = message.ByteSize()
-    return message, 1 + _varint_size(size) + size
-
-
 def event_to_proto(event: Event) -> pb.Event:
     return pb.Event(
         event_id=event.event_id,
