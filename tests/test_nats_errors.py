@@ -61,6 +61,9 @@ def test_every_messaging_call_answers_unavailable_once_nats_is_gone(tmp_path: Pa
             await pubsub.setup()
             feed = FeedPublisher(client, retention=60, max_backlog=100)
             assert await feed.checkpoint("orders", 0) == 0
+            # An answer of NATS that means "no such thing" is no failure (JetStream's errors are
+            # nats-py errors too: the translation must not swallow them).
+            assert await feed.last("no_such_boundary") is None
             await client.close()  # NATS is gone for everything below
             calls: dict[str, Callable[[], Awaitable[Any]]] = {
                 "pubsub.publish": lambda: pubsub.publish(message),

@@ -31,7 +31,7 @@ def unavailable(action: str, exc: BaseException) -> Unavailable:
 def translate_errors(action: str) -> Iterator[None]:
     """Map a NATS failure (``NATS_ERRORS``) to ``Unavailable`` (the client may retry).
 
-    ``action`` says what was being done, for the client's message: "publishing to a pub/sub subject".
+    ``action`` says what was being done, for the client's message: "publishing a pub/sub message".
     """
     try:
         yield

@@ -225,11 +225,11 @@ class FeedPublisher:
 
     async def last(self, boundary: str) -> int | None:
         """The last position the boundary's stream holds; None when the stream is gone."""
-        try:
-            with translate_errors(f"reading where the live feed of boundary {boundary!r} ends"):
+        with translate_errors(f"reading where the live feed of boundary {boundary!r} ends"):
+            try:
                 info = await self._js.stream_info(stream_name(boundary))
-        except nats.js.errors.NotFoundError:
-            return None
+            except nats.js.errors.NotFoundError:  # a NATS error too: caught first
+                return None
         return int(info.state.last_seq)
 
     async def _ensure_inbox(self) -> str:
