@@ -1,8 +1,10 @@
 """Configuration: every ``ORISUN_*`` environment variable, its default and its meaning.
 
-``VARIABLES`` is the single list that ``orisun --help`` prints and the README documents;
-``load_settings`` reads the environment with environs and turns every mistake into a
-``ConfigError`` naming the variable (the CLI prints it on one line and exits with status 2).
+``VARIABLES`` is the single list that ``orisun --help`` prints and the README documents, and the
+one place each default is written: ``Settings``' field defaults and ``load_settings`` derive
+theirs from it (tests/test_defaults.py holds the README's table to it too). ``load_settings``
+reads the environment with environs and turns every mistake into a ``ConfigError`` naming the
+variable (the CLI prints it on one line and exits with status 2).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ T = TypeVar("T")
 # PostgreSQL identifiers: letters, digits and underscores, at most 63 bytes. Quoted with
 # psycopg.sql.Identifier anyway; the rule keeps names portable to NATS subjects and logs.
 DEFAULT_ADMIN_PASSWORD = "changeit"
+DEFAULT_ADMIN_BOUNDARY = "orisun_admin"
 _LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 # A 5,000-event batch of 1 KB events with tags and metadata is ~10 MB on the wire; gRPC's 4 MB
 # default refused it in the earlier implementation.
@@ -63,7 +66,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_PG_POOL_SIZE", "10", "Maximum PostgreSQL connections in the pool."),
     Variable("ORISUN_PG_STARTUP_TIMEOUT", "30s", "How long start-up waits for PostgreSQL to accept connections."),
     Variable("ORISUN_PG_EMBEDDED_PORT", "0", "Port of the embedded PostgreSQL on 127.0.0.1 (0 = any free port)."),
-    Variable("ORISUN_DATA_DIR", "/var/lib/orisun as root, else ~/.local/share/orisun; macOS "
+    Variable("ORISUN_DATA_DIR", "/var/lib/orisun as root, else ~/.local/share/orisun ($XDG_DATA_HOME/orisun); macOS "
              "~/Library/Application Support/orisun; Windows %LOCALAPPDATA%\\orisun",
              "Where the embedded PostgreSQL, the NATS store and the executable's unpacked binaries live."),
     Variable("ORISUN_GRPC_HOST", "0.0.0.0", "Address the gRPC server listens on."),
@@ -96,7 +99,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_NATS_CLUSTER_TIMEOUT", "60s", "How long a node waits for the cluster at start."),
     Variable("ORISUN_NATS_CLUSTER_ROUTES", "nats://localhost:6333,nats://localhost:6334",
              "Comma-separated routes to the other cluster nodes."),
-    Variable("ORISUN_ADMIN_BOUNDARY", "orisun_admin", "Boundary holding users; added to ORISUN_PG_SCHEMAS "
+    Variable("ORISUN_ADMIN_BOUNDARY", DEFAULT_ADMIN_BOUNDARY, "Boundary holding users; added to ORISUN_PG_SCHEMAS "
              "when missing."),
     Variable("ORISUN_ADMIN_USERNAME", "admin", "Admin user created on first start."),
     Variable("ORISUN_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, "Password of that admin user (change it!)."),
@@ -115,53 +118,65 @@ VARIABLES: tuple[Variable, ...] = (
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
 
 
+def _default_seconds(variable: str) -> float:
+    """The default of a duration variable; those in VARIABLES are whole seconds or hours ("30s", "168h")."""
+    text = _DEFAULTS[variable]
+    return float(int(text[:-1]) * {"s": 1, "h": 3600}[text[-1]])
+
+
+def _default_int(variable: str) -> int:
+    return int(_DEFAULTS[variable])
+
+
+def _default_routes() -> tuple[str, ...]:
+    return tuple(_DEFAULTS["ORISUN_NATS_CLUSTER_ROUTES"].split(","))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Orisun's configuration, validated. Build it with ``load_settings`` or directly in tests."""
 
     data_dir: Path
     # boundary -> PostgreSQL schema, the admin boundary included.
-    boundaries: Mapping[str, str] = field(default_factory=lambda: {"orisun_admin": "orisun_admin"})
+    boundaries: Mapping[str, str] = field(default_factory=lambda: {DEFAULT_ADMIN_BOUNDARY: DEFAULT_ADMIN_BOUNDARY})
     # None = run the embedded PostgreSQL; else a libpq conninfo for an existing server.
     pg_conninfo: str | None = None
-    pg_pool_size: int = 10
-    pg_startup_timeout: float = 30.0
-    pg_embedded_port: int = 0
-    grpc_host: str = "0.0.0.0"
-    grpc_port: int = 50051
-    grpc_max_message_size: int = DEFAULT_GRPC_MAX_MESSAGE_SIZE
-    # Worker processes serving gRPC; 1 = this process serves (no supervisor).
+    pg_pool_size: int = _default_int("ORISUN_PG_POOL_SIZE")
+    pg_startup_timeout: float = _default_seconds("ORISUN_PG_STARTUP_TIMEOUT")
+    pg_embedded_port: int = _default_int("ORISUN_PG_EMBEDDED_PORT")
+    grpc_host: str = _DEFAULTS["ORISUN_GRPC_HOST"]
+    grpc_port: int = _default_int("ORISUN_GRPC_PORT")
+    grpc_max_message_size: int = _default_int("ORISUN_GRPC_MAX_MESSAGE_SIZE")
+    # Worker processes serving gRPC; 1 = this process serves (no supervisor). The one default that
+    # differs from VARIABLES' on purpose: Settings built in code (tests, embedding) run in one
+    # process, while the command line uses every CPU (``available_cpus``).
     workers: int = 1
-    shutdown_timeout: float = 10.0
-    nats_host: str = "127.0.0.1"
-    nats_port: int = 4222
+    shutdown_timeout: float = _default_seconds("ORISUN_SHUTDOWN_TIMEOUT")
+    nats_host: str = _DEFAULTS["ORISUN_NATS_HOST"]
+    nats_port: int = _default_int("ORISUN_NATS_PORT")
     nats_store_dir: Path | None = None  # None = data_dir / "nats"
-    nats_max_payload: int = 1048576
-    nats_username: str = "orisun"
+    nats_max_payload: int = _default_int("ORISUN_NATS_MAX_PAYLOAD")
+    nats_username: str = _DEFAULTS["ORISUN_NATS_USERNAME"]
     nats_password: str | None = None  # None = a random one per start
-    pubsub_retention: float = 168 * 3600.0
-    pubsub_ack_wait: float = 30.0
-    live_feed_retention: float = 3600.0
-    nats_cluster_enabled: bool = False
-    nats_cluster_name: str = "orisun-nats-cluster"
-    nats_cluster_host: str = "localhost"
-    nats_cluster_port: int = 6222
-    nats_cluster_username: str = "nats"
-    nats_cluster_password: str = "password@1"
-    nats_cluster_timeout: float = 60.0
-    nats_cluster_routes: tuple[str, ...] = ("nats://localhost:6333", "nats://localhost:6334")
-    admin_boundary: str = "orisun_admin"
-    admin_username: str = "admin"
+    pubsub_retention: float = _default_seconds("ORISUN_PUBSUB_RETENTION")
+    pubsub_ack_wait: float = _default_seconds("ORISUN_PUBSUB_ACK_WAIT")
+    live_feed_retention: float = _default_seconds("ORISUN_LIVE_FEED_RETENTION")
+    nats_cluster_enabled: bool = _DEFAULTS["ORISUN_NATS_CLUSTER_ENABLED"] == "true"
+    nats_cluster_name: str = _DEFAULTS["ORISUN_NATS_CLUSTER_NAME"]
+    nats_cluster_host: str = _DEFAULTS["ORISUN_NATS_CLUSTER_HOST"]
+    nats_cluster_port: int = _default_int("ORISUN_NATS_CLUSTER_PORT")
+    nats_cluster_username: str = _DEFAULTS["ORISUN_NATS_CLUSTER_USERNAME"]
+    nats_cluster_password: str = _DEFAULTS["ORISUN_NATS_CLUSTER_PASSWORD"]
+    nats_cluster_timeout: float = _default_seconds("ORISUN_NATS_CLUSTER_TIMEOUT")
+    nats_cluster_routes: tuple[str, ...] = _default_routes()
+    admin_boundary: str = DEFAULT_ADMIN_BOUNDARY
+    admin_username: str = _DEFAULTS["ORISUN_ADMIN_USERNAME"]
     admin_password: str = DEFAULT_ADMIN_PASSWORD
-    admin_port: int = 8991
+    admin_port: int = _default_int("ORISUN_ADMIN_PORT")
     # None = plaintext gRPC and HTTP.
     tls: TlsFiles | None = None
-    logging_level: str = "INFO"
-    logging_format: str = TEXT  # orisun.logs.LOG_FORMATS
-
-    @property
-    def embedded_pg(self) -> bool:
-        return self.pg_conninfo is None
+    logging_level: str = _DEFAULTS["ORISUN_LOGGING_LEVEL"]
+    logging_format: str = _DEFAULTS["ORISUN_LOGGING_FORMAT"]  # orisun.logs.LOG_FORMATS
 
     @property
     def nats_store(self) -> Path:
@@ -250,13 +265,13 @@ def _conninfo(env: environs.Env, environ: Mapping[str, str]) -> str | None:
         return None
     from psycopg.conninfo import make_conninfo
 
-    port = _read(env, "ORISUN_PG_PORT", lambda: env.int("ORISUN_PG_PORT", 5432))
+    port = _read(env, "ORISUN_PG_PORT", lambda: env.int("ORISUN_PG_PORT", _default_int("ORISUN_PG_PORT")))
     _check_port("ORISUN_PG_PORT", port, allow_zero=False)
     parts = {
-        "host": environ.get("ORISUN_PG_HOST") or "localhost",
+        "host": environ.get("ORISUN_PG_HOST") or _DEFAULTS["ORISUN_PG_HOST"],
         "port": str(port),
-        "user": environ.get("ORISUN_PG_USER") or "postgres",
-        "dbname": environ.get("ORISUN_PG_NAME") or "postgres",
+        "user": environ.get("ORISUN_PG_USER") or _DEFAULTS["ORISUN_PG_USER"],
+        "dbname": environ.get("ORISUN_PG_NAME") or _DEFAULTS["ORISUN_PG_NAME"],
     }
     if environ.get("ORISUN_PG_PASSWORD"):
         parts["password"] = environ["ORISUN_PG_PASSWORD"]
@@ -281,9 +296,7 @@ def _check_port(variable: str, port: int, *, allow_zero: bool = True) -> int:
 
 
 def _seconds(env: environs.Env, variable: str) -> float:
-    # The defaults in VARIABLES are whole seconds or hours, written like "30s" or "168h".
-    text = _DEFAULTS[variable]
-    default = timedelta(hours=int(text[:-1])) if text.endswith("h") else timedelta(seconds=int(text[:-1]))
+    default = timedelta(seconds=_default_seconds(variable))
     value: timedelta = _read(env, variable, lambda: env.timedelta(variable, default))
     seconds = value.total_seconds()
     if seconds <= 0:
@@ -292,14 +305,14 @@ def _seconds(env: environs.Env, variable: str) -> float:
 
 
 def _positive(env: environs.Env, variable: str) -> int:
-    value = _read(env, variable, lambda: env.int(variable, int(_DEFAULTS[variable])))
+    value = _read(env, variable, lambda: env.int(variable, _default_int(variable)))
     if value <= 0:
         raise ConfigError(variable, f"must be a positive number, got {value}")
     return value
 
 
 def _port(env: environs.Env, variable: str) -> int:
-    return _check_port(variable, _read(env, variable, lambda: env.int(variable, int(_DEFAULTS[variable]))))
+    return _check_port(variable, _read(env, variable, lambda: env.int(variable, _default_int(variable))))
 
 
 def _nonempty(env: environs.Env, variable: str) -> str:
@@ -348,15 +361,15 @@ def _tls(env: environs.Env) -> TlsFiles | None:
 def load_settings() -> Settings:
     """Read and validate every ORISUN_* variable; raises ConfigError naming the first bad one."""
     env = environs.Env(expand_vars=False)
-    level = env.str("ORISUN_LOGGING_LEVEL", "INFO").upper()
+    level = env.str("ORISUN_LOGGING_LEVEL", _DEFAULTS["ORISUN_LOGGING_LEVEL"]).upper()
     if level not in _LOG_LEVELS:
         raise ConfigError("ORISUN_LOGGING_LEVEL", f"{level!r} is not one of {', '.join(_LOG_LEVELS)}")
-    log_format = env.str("ORISUN_LOGGING_FORMAT", TEXT).strip().lower()
+    log_format = env.str("ORISUN_LOGGING_FORMAT", _DEFAULTS["ORISUN_LOGGING_FORMAT"]).strip().lower()
     if log_format not in LOG_FORMATS:
         raise ConfigError("ORISUN_LOGGING_FORMAT", f"{log_format[:32]!r} is not one of {', '.join(LOG_FORMATS)}")
 
     admin_boundary = validate_identifier(
-        env.str("ORISUN_ADMIN_BOUNDARY", "orisun_admin").strip(), "boundary", "ORISUN_ADMIN_BOUNDARY")
+        env.str("ORISUN_ADMIN_BOUNDARY", DEFAULT_ADMIN_BOUNDARY).strip(), "boundary", "ORISUN_ADMIN_BOUNDARY")
     data_dir_text = env.str("ORISUN_DATA_DIR", "")
     data_dir = Path(data_dir_text).expanduser() if data_dir_text else default_data_dir()
     store_text = env.str("ORISUN_NATS_STORE_DIR", "")
@@ -384,7 +397,8 @@ def load_settings() -> Settings:
         pubsub_ack_wait=_seconds(env, "ORISUN_PUBSUB_ACK_WAIT"),
         live_feed_retention=_seconds(env, "ORISUN_LIVE_FEED_RETENTION"),
         nats_cluster_enabled=_read(env, "ORISUN_NATS_CLUSTER_ENABLED",
-                                   lambda: env.bool("ORISUN_NATS_CLUSTER_ENABLED", False)),
+                                   lambda: env.bool("ORISUN_NATS_CLUSTER_ENABLED",
+                                                    Settings.nats_cluster_enabled)),
         nats_cluster_name=_nonempty(env, "ORISUN_NATS_CLUSTER_NAME"),
         nats_cluster_host=_nonempty(env, "ORISUN_NATS_CLUSTER_HOST"),
         nats_cluster_port=_port(env, "ORISUN_NATS_CLUSTER_PORT"),

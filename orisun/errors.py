@@ -26,7 +26,14 @@ class StartupError(OrisunError):
 
 
 class InvalidArgument(OrisunError):
-    """The request is malformed; the message names the field."""
+    """The request is malformed. ``field`` names the request field at fault (``"subject"``,
+    ``"events[3].event_id"``); the message, which reaches the client as it is, starts with it:
+    ``"field: problem"``. Clients and the dashboard's forms rely on that shape."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class NotFound(OrisunError):
@@ -52,10 +59,6 @@ class PermissionDenied(OrisunError):
 
 class Unavailable(OrisunError):
     """A dependency (PostgreSQL, NATS) cannot be reached right now; the client may retry."""
-
-
-class Unimplemented(OrisunError):
-    """The call exists in the contract but this server does not implement it yet."""
 
 
 QUOTE_LIMIT = 64

@@ -80,7 +80,6 @@ class Boundary:
 # --- Events --------------------------------------------------------------------------------------
 
 ANY_VERSION = -2  # expected_version: no check
-NO_STREAM = -1  # expected_version: the stream must not exist yet
 EVENT_TYPE_TAG = "event_type"  # query pseudo-tag matching the event's type
 EVENT_TYPE_TAG_ALIASES = frozenset({"event_type", "eventType"})
 

@@ -26,10 +26,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.app import Orisun
 from orisun.config import Settings
+from orisun.model import Event
 from orisun.runtime.workers import WORKER_FLAG
+from orisun.transport.convert import event_to_proto
 
 ADMIN = ("admin", "changeit")
 # A connection of its own per channel: gRPC otherwise shares one between channels to the same
@@ -450,3 +453,11 @@ class StreamReader(Generic[T]):
         self._thread.join(timeout=10)
         assert not self._thread.is_alive(), f"the reader of {self.label} did not end"
         self._channel.close()
+
+
+def event_entry(event: Event) -> tuple[pb.Event, int]:
+    """``event`` as a proto and the bytes it adds to a GetEventsResponse (field tag, length and
+    body): sized by protobuf itself, as a response holding it alone, to check the transport's own
+    arithmetic (PageBuilder) against."""
+    message = event_to_proto(event)
+    return message, pb.GetEventsResponse(events=[message]).ByteSize()

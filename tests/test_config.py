@@ -42,7 +42,7 @@ def test_defaults_follow_the_contract() -> None:
     assert s.admin_boundary == "orisun_admin"
     assert s.boundaries == {"orisun_admin": "orisun_admin"}
     assert (s.admin_username, s.admin_password) == ("admin", "changeit")
-    assert s.embedded_pg and s.pg_conninfo is None
+    assert s.pg_conninfo is None  # the embedded PostgreSQL
     assert s.nats_store == s.data_dir / "nats"
     assert s.nats_max_payload == 1048576
     # A 5,000-event batch of 1 KB events must fit in one message.
@@ -92,7 +92,6 @@ def test_any_connection_variable_selects_an_external_postgres(monkeypatch: pytes
     monkeypatch.setenv("ORISUN_PG_PORT", "6543")
     monkeypatch.setenv("ORISUN_PG_PASSWORD", "s3cret")
     s = load_settings()
-    assert not s.embedded_pg
     assert s.pg_conninfo is not None
     assert "port=6543" in s.pg_conninfo and "host=localhost" in s.pg_conninfo
     assert "user=postgres" in s.pg_conninfo and "password=s3cret" in s.pg_conninfo

@@ -12,7 +12,8 @@ from orisun import model
 from orisun._proto import eventstore_pb2 as pb
 from orisun.model import EventRow, Tag, event_from_row
 from orisun.transport import convert
-from orisun.transport.convert import PageBuilder, add_rows, event_entry, event_to_proto
+from orisun.transport.convert import PageBuilder, add_rows, event_to_proto
+from tests.support import event_entry
 
 MOMENT = datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=UTC)
 MICROS = int(MOMENT.timestamp()) * 1_000_000 + MOMENT.microsecond

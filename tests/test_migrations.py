@@ -89,7 +89,7 @@ def test_a_schema_from_a_newer_orisun_is_refused(database: str) -> None:
 def test_an_unknown_boundary_is_not_found() -> None:
     """Without a catalog to ask (no lookup set), only the configured boundaries resolve; with the
     catalog, tests/test_boundaries.py."""
-    db = Database("host=127.0.0.1", BOUNDARIES)
+    db = Database("host=127.0.0.1", BOUNDARIES, pool_size=1)
     assert asyncio.run(db.resolve("users")) == "test2"
     with pytest.raises(NotFound, match="payments"):
         asyncio.run(db.resolve("payments"))

@@ -14,13 +14,12 @@ pytestmark = pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        (errors.InvalidArgument("events[3].event_id: not a UUID"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.InvalidArgument("events[3].event_id", "not a UUID"), grpc.StatusCode.INVALID_ARGUMENT),
         (errors.NotFound("boundary 'x' is not configured"), grpc.StatusCode.NOT_FOUND),
         (errors.AlreadyExists("expected 1, actual 2"), grpc.StatusCode.ALREADY_EXISTS),
         (errors.Unauthenticated("invalid username or password"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.PermissionDenied("needs ADMIN or OPERATIONS"), grpc.StatusCode.PERMISSION_DENIED),
         (errors.Unavailable("PostgreSQL is unavailable"), grpc.StatusCode.UNAVAILABLE),
-        (errors.Unimplemented("not yet"), grpc.StatusCode.UNIMPLEMENTED),
     ],
 )
 def test_orisun_errors_keep_their_message(error: errors.OrisunError, code: grpc.StatusCode) -> None:

@@ -15,6 +15,11 @@ import grpc
 #: of GetEvents, one large event. gRPC's default of 4 MiB would fail such reads.
 MAX_RECEIVE_MESSAGE_LENGTH = 64 * 1024 * 1024 + 64 * 1024
 
+#: Where a client connects when given no target: the server's default ORISUN_GRPC_PORT on this
+#: machine. The client is installed without the server's configuration, so the port is written
+#: here too; tests/test_defaults.py holds the two together.
+DEFAULT_TARGET = "localhost:50051"
+
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 5_000
 

@@ -18,7 +18,7 @@ from orisun._proto import admin_pb2_grpc as apb_grpc
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.client import _convert as convert
-from orisun.client._channel import ChannelConfig, PemSource
+from orisun.client._channel import DEFAULT_TARGET, ChannelConfig, PemSource
 from orisun.client._errors import Unavailable, status_code, translate
 from orisun.client._resume import Resumer
 from orisun.client._types import (
@@ -58,7 +58,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = "localhost:50051",
+        target: str = DEFAULT_TARGET,
         *,
         username: str | None = None,
         password: str | None = None,

@@ -28,7 +28,7 @@ def quote(text: str) -> str:
 def parse_int(field: str, text: str, low: int, high: int) -> int:
     """A query parameter that must be a whole number from ``low`` to ``high``, in ASCII digits."""
     if not (_DIGITS.fullmatch(text) and low <= int(text) <= high):
-        raise InvalidArgument(f"{field}: {quote(text)} is not a number from {low} to {high}")
+        raise InvalidArgument(field, f"{quote(text)} is not a number from {low} to {high}")
     return int(text)
 
 
@@ -38,11 +38,11 @@ def check_text(field: str, text: str, max_bytes: int, what: str = "") -> None:
     Checked here, with the parameter's own name, so that the answer names what the client wrote
     and so that the live tail can refuse it before it starts streaming (the core would only find
     out once the stream had been answered with 200)."""
-    subject = f"{field}: {what}" if what else f"{field}:"
+    subject = f"{what} " if what else ""
     if not validation.is_storable(text):
-        raise InvalidArgument(f"{subject} must be text without NUL characters or lone surrogates")
+        raise InvalidArgument(field, f"{subject}must be text without NUL characters or lone surrogates")
     if len(text.encode()) > max_bytes:
-        raise InvalidArgument(f"{subject} is longer than {max_bytes} bytes")
+        raise InvalidArgument(field, f"{subject}is longer than {max_bytes} bytes")
 
 
 def event_json(event: Event) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def parse_cursor(text: str, field: str = "after") -> Position:
     commit, sep, prepare = text.partition(":")
     if not (sep and _DIGITS.fullmatch(commit) and _DIGITS.fullmatch(prepare)
             and int(commit) <= MAX_POSITION and int(prepare) <= MAX_POSITION):
-        raise InvalidArgument(f"{field}: {quote(text)} is not a cursor like 12:12 (commit:prepare)")
+        raise InvalidArgument(field, f"{quote(text)} is not a cursor like 12:12 (commit:prepare)")
     return Position(int(commit), int(prepare))
 
 
@@ -81,12 +81,12 @@ def _tags(params: MultiMapping[str]) -> list[Tag]:
     for text in params.getall("tag", []):
         key, sep, value = text.partition(":")
         if not (sep and key):
-            raise InvalidArgument(f"tag: {quote(text)} is not key:value")
+            raise InvalidArgument("tag", f"{quote(text)} is not key:value")
         check_text("tag", key, validation.MAX_TAG_KEY_BYTES, "the key")
         check_text("tag", value, validation.MAX_TAG_VALUE_BYTES, "the value")
         tags.append(Tag(key, value))
     if len(tags) > validation.MAX_TAGS_PER_CRITERION:
-        raise InvalidArgument(f"tag: at most {validation.MAX_TAGS_PER_CRITERION} filters (type and tag), "
+        raise InvalidArgument("tag", f"at most {validation.MAX_TAGS_PER_CRITERION} filters (type and tag), "
                               f"not {len(tags)}")
     return tags
 
@@ -107,7 +107,7 @@ def stream_filter(params: Mapping[str, str]) -> str | None:
 def read_request(boundary: str, params: MultiMapping[str]) -> ReadRequest:
     direction_text = params.get("direction", "asc").upper()
     if direction_text not in Direction.__members__:
-        raise InvalidArgument(f"direction: {quote(params.get('direction', ''))} is not asc or desc")
+        raise InvalidArgument("direction", f"{quote(params.get('direction', ''))} is not asc or desc")
     count = parse_int("count", params.get("count", str(DEFAULT_COUNT)), 1, MAX_COUNT)
     after = params.get("after")
     return ReadRequest(

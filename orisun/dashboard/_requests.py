@@ -24,7 +24,7 @@ def username_in_path(request: web.Request) -> str:
     """The {username} of a path; one PostgreSQL cannot store (NUL, lone surrogate) cannot exist."""
     username = request.match_info["username"]
     if not is_storable(username):
-        raise InvalidArgument("username: must be text without NUL characters or lone surrogates")
+        raise InvalidArgument("username", "must be text without NUL characters or lone surrogates")
     return username
 
 
@@ -61,25 +61,25 @@ async def json_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> di
         text = raw.decode("utf-8")
         body = json.loads(text)
     except UnicodeDecodeError:
-        raise InvalidArgument("body: is not UTF-8") from None
+        raise InvalidArgument("body", "is not UTF-8") from None
     except RecursionError:
-        raise InvalidArgument(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        raise InvalidArgument("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError:  # also a number of more than 4,300 digits, which is no JSONDecodeError
-        raise InvalidArgument("body: is not valid JSON") from None
+        raise InvalidArgument("body", "is not valid JSON") from None
     # Counting brackets first spares the walk for every ordinary (flat) body.
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
-        raise InvalidArgument(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        raise InvalidArgument("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
-        raise InvalidArgument("body: must be a JSON object")
+        raise InvalidArgument("body", "must be a JSON object")
     return body
 
 
 def text_field(body: dict[str, Any], field: str, *, required: bool = True) -> str:
     value = body.get(field, "")
     if not isinstance(value, str):
-        raise InvalidArgument(f"{field}: must be a string")
+        raise InvalidArgument(field, "must be a string")
     if required and not value:
-        raise InvalidArgument(f"{field}: is required")
+        raise InvalidArgument(field, "is required")
     if not is_storable(value):  # JSON's \ud800 escapes make lone surrogates, which cannot be encoded
-        raise InvalidArgument(f"{field}: must be text without NUL characters or lone surrogates")
+        raise InvalidArgument(field, "must be text without NUL characters or lone surrogates")
     return value

@@ -47,7 +47,6 @@ from orisun.errors import (
     StartupError,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
     bounded,
     quoted,
 )
@@ -81,7 +80,6 @@ _STATUS: dict[type[OrisunError], int] = {
     AlreadyExists: 409,
     FailedPrecondition: 409,
     Unavailable: 503,
-    Unimplemented: 501,
 }
 _SECURITY_HEADERS = {
     # No inline script or style, nothing from elsewhere: the pages load only their own assets.
@@ -104,12 +102,6 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
     if field is not None:
         body["field"] = field
     return web.json_response(body, status=status)
-
-
-def _field_of(message: str) -> str | None:
-    """The field an InvalidArgument message is about: the core starts its messages with it."""
-    head = message.split(":", 1)[0].split(" ", 1)[0]
-    return head if head.isidentifier() else None
 
 
 class Dashboard:
@@ -209,7 +201,7 @@ class Dashboard:
                 return _error(exc.status, exc.reason)
             raise
         except InvalidArgument as exc:
-            return _error(400, str(exc), _field_of(str(exc)))
+            return _error(400, str(exc), exc.field)
         except OrisunError as exc:
             return _error(_STATUS.get(type(exc), 500), str(exc))
         except (asyncio.CancelledError, ConnectionResetError):
@@ -468,7 +460,7 @@ class Dashboard:
         body = await json_body(request)
         roles = body.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise InvalidArgument("roles: must be a list of role names (ADMIN, OPERATIONS)")
+            raise InvalidArgument("roles", "must be a list of role names (ADMIN, OPERATIONS)")
         user = await self.users.create(text_field(body, "name", required=False), text_field(body, "username"),
                                        text_field(body, "password"), roles)
         logger.info("Dashboard: {!r} created user {!r}", request[USER].username, user.username)
@@ -495,7 +487,7 @@ class Dashboard:
     async def _delete_user(self, request: web.Request, username: str) -> web.StreamResponse:
         me = self._admin(request)
         if username == me.username:
-            raise InvalidArgument("username: you cannot delete yourself")
+            raise InvalidArgument("username", "you cannot delete yourself")
         await self.users.delete(username, caller=me)
         self.sessions.end_user(username)
         logger.info("Dashboard: {} deleted user {}", quote(me.username), quote(username))

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import nats.errors
 import nats.js.errors
 from loguru import logger
 from nats.aio.client import Client
@@ -29,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from orisun.errors import Unavailable
+from orisun.messaging._errors import NATS_ERRORS, translate_errors, unavailable
 from orisun.messaging._streams import add_or_update_stream
 from orisun.model import Event, Position, Tag
 
@@ -143,7 +143,7 @@ class FeedPublisher:
         """
         name = stream_name(boundary)
         floor = max(0, head - self._max_backlog)
-        try:
+        with translate_errors(f"checking the live feed of boundary {boundary!r}"):
             try:
                 info = await self._js.stream_info(name)
             except nats.js.errors.NotFoundError:
@@ -166,8 +166,6 @@ class FeedPublisher:
                 await self._js.purge_stream(name, seq=floor + 1)
                 return floor
             return last
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"NATS is unavailable ({exc})") from exc
 
     def _config(self, boundary: str, *, first: int | None) -> StreamConfig:
         return StreamConfig(name=stream_name(boundary), subjects=[subject(boundary)], storage=StorageType.FILE,
@@ -187,10 +185,12 @@ class FeedPublisher:
         # Only the last message asks for an acknowledgement: each message is stored only if the
         # one before it was (Nats-Expected-Last-Sequence), so the last one's answer speaks for
         # the whole batch, and acknowledging every message cost as much as publishing it.
+        action = f"publishing the live feed of boundary {boundary!r}"
         token = ""
         future: asyncio.Future[dict[str, object]] | None = None
         if confirm:
-            inbox = await self._ensure_inbox()
+            with translate_errors(action):  # the first publish subscribes to the acknowledgements
+                inbox = await self._ensure_inbox()
             self._next_token += 1
             token = f"{inbox}.{self._next_token}"
             future = self._acks[token] = asyncio.get_running_loop().create_future()
@@ -212,8 +212,8 @@ class FeedPublisher:
                 answer = await future
         except TimeoutError:
             raise Unavailable(f"NATS did not acknowledge the live feed within {_ACK_TIMEOUT:g}s") from None
-        except (nats.errors.Error, OSError) as exc:
-            raise Unavailable(f"NATS is unavailable ({exc})") from exc
+        except NATS_ERRORS as exc:
+            raise unavailable(action, exc) from exc
         finally:
             if token:
                 self._acks.pop(token, None)
@@ -225,12 +225,11 @@ class FeedPublisher:
 
     async def last(self, boundary: str) -> int | None:
         """The last position the boundary's stream holds; None when the stream is gone."""
-        try:
-            info = await self._js.stream_info(stream_name(boundary))
-        except nats.js.errors.NotFoundError:
-            return None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"NATS is unavailable ({exc})") from exc
+        with translate_errors(f"reading where the live feed of boundary {boundary!r} ends"):
+            try:
+                info = await self._js.stream_info(stream_name(boundary))
+            except nats.js.errors.NotFoundError:  # a NATS error too: caught first
+                return None
         return int(info.state.last_seq)
 
     async def _ensure_inbox(self) -> str:
@@ -276,17 +275,14 @@ async def follow(client: Client, boundary: str, after: int, *, heartbeat: float 
     js = client.jetstream()
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
                             ack_policy=AckPolicy.NONE, idle_heartbeat=heartbeat)
-    try:
+    action = f"following the live feed of boundary {boundary!r}"
+    with translate_errors(action):
         subscription = await js.subscribe(subject(boundary), stream=stream_name(boundary), ordered_consumer=True,
                                           config=config, pending_bytes_limit=64 * 1024 * 1024)
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise Unavailable(f"NATS is unavailable ({exc})") from exc
     try:
         while True:
-            try:
+            with translate_errors(action):
                 msg = await subscription.next_msg(timeout=None)
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise Unavailable(f"the live feed of {boundary!r} stopped ({exc})") from exc
             position = msg.metadata.sequence.stream
             marker = bool(msg.headers and MARKER_HEADER in msg.headers)
             yield FeedItem(position, None if marker else msg.data)

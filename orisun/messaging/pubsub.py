@@ -36,7 +36,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, StorageType, StreamConfig
 
-from orisun.errors import InvalidArgument, Unavailable
+from orisun.errors import InvalidArgument
+from orisun.messaging._errors import NATS_ERRORS, translate_errors, unavailable
 from orisun.messaging._streams import add_or_update_stream
 
 STREAM = "ORISUN_PUBSUB"
@@ -150,17 +151,13 @@ class ConsumerStatus:
     redelivered: int
 
 
-def _unavailable(exc: BaseException) -> Unavailable:
-    return Unavailable(f"NATS is unavailable ({exc}); retry")
-
-
 async def _give_back(client: Client, messages: Iterable[Msg]) -> None:
     """Nak ``messages`` so that JetStream redelivers them now, and make sure the naks left."""
     try:
         for msg in messages:
             await msg.nak()
         await client.flush(timeout=_ACK_TIMEOUT)
-    except (nats.errors.Error, TimeoutError) as exc:
+    except NATS_ERRORS as exc:
         # They come back after ack_wait instead.
         logger.debug("Could not give pub/sub messages back ({}): they are redelivered after the ack wait", exc)
 
@@ -169,7 +166,7 @@ async def _acknowledge(msg: Msg) -> None:
     """Acknowledge ``msg`` and wait until JetStream recorded it (so that pending figures are true)."""
     try:
         await msg.ack_sync(timeout=_ACK_TIMEOUT)
-    except (nats.errors.Error, TimeoutError) as exc:
+    except NATS_ERRORS as exc:
         # Not lost: JetStream delivers it again after ack_wait (a duplicate).
         logger.debug("Could not acknowledge a pub/sub message ({}): it will be delivered again", exc)
 
@@ -192,7 +189,7 @@ def _finish_later(client: Client, subscription: JetStreamContext.PullSubscriptio
                 if not fetching.cancelled() and fetching.exception() is None:
                     await _give_back(client, fetching.result())
         finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
+            with contextlib.suppress(*NATS_ERRORS):
                 await subscription.unsubscribe()
 
     task = asyncio.create_task(finish(), name="pubsub-finish-pull")
@@ -335,11 +332,11 @@ async def _fetch(subscription: JetStreamContext.PullSubscription, most: int) -> 
             # service" until its replicas elect a leader: wait for that, within bounds.
             unavailable_since = unavailable_since or loop.time()
             if loop.time() - unavailable_since > _LEADERLESS_FOR:
-                raise Unavailable(f"NATS is unavailable (pub/sub consumer without a leader: {exc}); "
-                                  "retry") from exc
+                raise unavailable(f"the pub/sub consumer has had no leader for {_LEADERLESS_FOR:g} s",
+                                  exc) from exc
             await asyncio.sleep(_LEADERLESS_POLL)
-        except nats.errors.Error as exc:
-            raise _unavailable(exc) from exc
+        except NATS_ERRORS as exc:
+            raise unavailable("pulling pub/sub messages", exc) from exc
 
 
 class PubSub:
@@ -373,10 +370,8 @@ class PubSub:
 
     async def consumers(self) -> list[ConsumerStatus]:
         """Every pub/sub consumer (of every node sharing this NATS), by subject and name."""
-        try:
+        with translate_errors("listing the pub/sub consumers"):
             infos = await self._js.consumers_info(STREAM)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _unavailable(exc) from exc
         found = [
             ConsumerStatus(
                 stream=STREAM,
@@ -394,22 +389,18 @@ class PubSub:
         size = wire_size(message)
         if size > self.max_payload:
             # NATS would close the connection over it (a max payload violation): refuse it here.
-            raise InvalidArgument(f"data: the message takes {size} bytes with its id, metadata and envelope, "
+            raise InvalidArgument("data", f"the message takes {size} bytes with its id, metadata and envelope, "
                                   f"more than the {self.max_payload} NATS accepts (ORISUN_NATS_MAX_PAYLOAD)")
-        try:
+        with translate_errors("publishing a pub/sub message"):
             await self._js.publish(PREFIX + message.subject, encode(message), headers=headers(message))
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _unavailable(exc) from exc
 
     async def _pull(self, subject: str, consumer_name: str) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(durable_name=durable_name(consumer_name, subject), ack_policy=AckPolicy.EXPLICIT,
                                 deliver_policy=DeliverPolicy.NEW, ack_wait=self._ack_wait,
                                 max_ack_pending=_CONSUMER_MAX_ACK_PENDING, filter_subject=PREFIX + subject)
-        try:
+        with translate_errors("opening a pub/sub consumer"):
             return await self._js.pull_subscribe(PREFIX + subject, durable=config.durable_name, stream=STREAM,
                                                  config=config)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _unavailable(exc) from exc
 
     async def subscribe(self, subject: str, consumer_name: str,
                         closed: asyncio.Event | None = None) -> AsyncGenerator[PubSubMessage, None]:

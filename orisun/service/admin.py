@@ -73,7 +73,7 @@ class Admin:
         user = await self._users.get_by_id(user_id)
         if own:
             if not current_password:
-                raise InvalidArgument("current_password: is required to change your own password")
+                raise InvalidArgument("current_password", "is required to change your own password")
             try:
                 await self._users.authenticate(user.username, current_password, address)
             except Throttled as exc:
@@ -126,6 +126,6 @@ class Admin:
                               adopt: bool) -> Boundary:
         _require_admin(caller, "create boundaries")
         if backend not in ("", POSTGRES):
-            raise InvalidArgument(f"placement.backend: must be {POSTGRES!r} (or empty), not {quoted(backend)}")
+            raise InvalidArgument("placement.backend", f"must be {POSTGRES!r} (or empty), not {quoted(backend)}")
         return await self._boundaries.create(name, schema=schema, description=description, adopt=adopt,
                                              schema_field="placement.namespace")

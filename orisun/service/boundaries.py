@@ -103,13 +103,13 @@ class Boundaries:
         """
         problem = identifier_problem(name, "boundary")
         if problem is not None:
-            raise InvalidArgument(f"name: {problem}")
+            raise InvalidArgument("name", problem)
         schema = schema or name
         problem = identifier_problem(schema, "schema")
         if problem is not None:
-            raise InvalidArgument(f"{schema_field}: {problem}")
+            raise InvalidArgument(schema_field, problem)
         if len(description) > MAX_DESCRIPTION_CHARS:
-            raise InvalidArgument(f"description: {len(description)} characters, more than the "
+            raise InvalidArgument("description", f"{len(description)} characters, more than the "
                                   f"{MAX_DESCRIPTION_CHARS} allowed")
         boundary = await catalog.create(self._db, self._admin_schema, name, schema, description, adopt=adopt)
         logger.info("Created boundary {!r} in schema {!r}", name, schema)

@@ -167,7 +167,7 @@ class Monitor:
         validation.check_storable("after", after)
         validation.check_storable("prefix", prefix)
         if not 1 <= limit <= MAX_STREAMS_PAGE:
-            raise InvalidArgument(f"count: must be 1 to {MAX_STREAMS_PAGE}")
+            raise InvalidArgument("count", f"must be 1 to {MAX_STREAMS_PAGE}")
         return await list_streams(self._db, schema, after=after, prefix=prefix, limit=limit)
 
     async def head(self, boundary: str) -> int:

@@ -58,11 +58,11 @@ class ServedConsumer:
 
 def _check_subject(subject: str, pattern: re.Pattern[str], what: str) -> None:
     if not subject:
-        raise InvalidArgument("subject: is required")
+        raise InvalidArgument("subject", "is required")
     if len(subject.encode()) > MAX_SUBJECT_BYTES:
-        raise InvalidArgument(f"subject: is {len(subject.encode())} bytes, more than the {MAX_SUBJECT_BYTES} allowed")
+        raise InvalidArgument("subject", f"is {len(subject.encode())} bytes, more than the {MAX_SUBJECT_BYTES} allowed")
     if not pattern.fullmatch(subject):
-        raise InvalidArgument(f"subject: {quoted(subject)} is not {what} "
+        raise InvalidArgument("subject", f"{quoted(subject)} is not {what} "
                               "(dot-separated tokens of letters, digits, _ and -)")
 
 
@@ -90,11 +90,11 @@ class PubSubService:
         if not message.id:
             message = PubSubMessage(str(uuid.uuid4()), message.subject, message.data, message.metadata)
         elif len(message.id.encode()) > MAX_ID_BYTES:
-            raise InvalidArgument(f"id: must be at most {MAX_ID_BYTES} bytes")
+            raise InvalidArgument("id", f"must be at most {MAX_ID_BYTES} bytes")
         # The exact bytes NATS would get (body and headers) are checked by the messaging layer,
         # which knows them; this bound (the configured limit) applies as well.
         if len(message.data.encode()) + len(message.metadata.encode()) > self._max_payload:
-            raise InvalidArgument(f"data: data and metadata take more than the {self._max_payload} bytes "
+            raise InvalidArgument("data", f"data and metadata take more than the {self._max_payload} bytes "
                                   "allowed (ORISUN_NATS_MAX_PAYLOAD)")
         await self._pubsub.publish(message)
         return message
@@ -122,10 +122,10 @@ class PubSubService:
             return  # the client closed without opening
         _check_opening(first.subject, first.consumer_name)
         if first.max_in_flight > MAX_IN_FLIGHT:
-            raise InvalidArgument(f"max_in_flight: must be at most {MAX_IN_FLIGHT} (0 = {DEFAULT_IN_FLIGHT}), "
+            raise InvalidArgument("max_in_flight", f"must be at most {MAX_IN_FLIGHT} (0 = {DEFAULT_IN_FLIGHT}), "
                                   f"not {first.max_in_flight}")
         if first.ack or first.nack:
-            raise InvalidArgument(f"{'ack' if first.ack else 'nack'}: the first ConsumeRequest opens the stream "
+            raise InvalidArgument("ack" if first.ack else "nack", "the first ConsumeRequest opens the stream "
                                   "and settles nothing")
         limit = first.max_in_flight or DEFAULT_IN_FLIGHT
         consumer = await self._pubsub.consume(first.subject, first.consumer_name)
@@ -181,7 +181,7 @@ class PubSubService:
 def _check_opening(subject: str, consumer_name: str) -> None:
     _check_subject(subject, SUBSCRIBE_SUBJECT, "a subject to subscribe to")
     if not CONSUMER_NAME.fullmatch(consumer_name):
-        raise InvalidArgument(f"consumer_name: {quoted(consumer_name)} must be 1-64 letters, digits, _ or -")
+        raise InvalidArgument("consumer_name", f"{quoted(consumer_name)} must be 1-64 letters, digits, _ or -")
 
 
 def _check_settling(request: ConsumeRequest) -> None:
@@ -189,8 +189,8 @@ def _check_settling(request: ConsumeRequest) -> None:
     for field, value in (("subject", request.subject), ("consumer_name", request.consumer_name),
                          ("max_in_flight", request.max_in_flight)):
         if value:
-            raise InvalidArgument(f"{field}: only the first ConsumeRequest opens the stream; later ones carry "
+            raise InvalidArgument(field, "only the first ConsumeRequest opens the stream; later ones carry "
                                   "ack and nack only")
     for field, tokens in (("ack", request.ack), ("nack", request.nack)):
         if 0 in tokens:
-            raise InvalidArgument(f"{field}: 0 is not a delivery token")
+            raise InvalidArgument(field, "0 is not a delivery token")

@@ -239,7 +239,7 @@ def _size(event: Event) -> int:
 
 def _check_name(name: str) -> None:
     if name and not SUBSCRIBER_NAME.fullmatch(name):
-        raise InvalidArgument(f"subscriber_name: {quoted(name)} must be 1-128 printable ASCII characters "
+        raise InvalidArgument("subscriber_name", f"{quoted(name)} must be 1-128 printable ASCII characters "
                               "without spaces")
 
 

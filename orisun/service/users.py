@@ -372,7 +372,7 @@ class Users:
         """The user with this id (a UUID); InvalidArgument naming ``field`` for anything that is
         not a UUID, NotFound when no user has it."""
         if not _USER_ID.fullmatch(user_id):
-            raise InvalidArgument(f"{field}: must be a user's id (a UUID), not {quoted(user_id)}")
+            raise InvalidArgument(field, f"must be a user's id (a UUID), not {quoted(user_id)}")
         record = await self._store.get_by_id(user_id)
         if record is None:
             raise NotFound(f"{field}: no user has the id {quoted(user_id)}")
@@ -389,11 +389,11 @@ class Users:
         validation.check_storable("name", name)
         validation.check_storable("username", username)
         if not username.strip():
-            raise InvalidArgument("username must not be empty")
+            raise InvalidArgument("username", "must not be empty")
         if len(username) > MAX_USERNAME_CHARS:
-            raise InvalidArgument(f"username: must be at most {MAX_USERNAME_CHARS} characters, not {len(username)}")
+            raise InvalidArgument("username", f"must be at most {MAX_USERNAME_CHARS} characters, not {len(username)}")
         if ":" in username:
-            raise InvalidArgument("username must not contain ':' (Basic auth separates user and password with it)")
+            raise InvalidArgument("username", "must not contain ':' (Basic auth separates user and password with it)")
         _validate_password(password)
         if not await self._store.create(name or username, username, hash_password(password), validated):
             raise AlreadyExists(f"username {quoted(username)} is taken")
@@ -422,9 +422,9 @@ class Users:
 def _validate_password(password: str, field: str = "password") -> None:
     validation.check_storable(field, password)
     if not password:
-        raise InvalidArgument(f"{field} must not be empty")
+        raise InvalidArgument(field, "must not be empty")
     if len(password.encode()) > _MAX_PASSWORD_BYTES:
-        raise InvalidArgument(f"{field} must be at most {_MAX_PASSWORD_BYTES} bytes")
+        raise InvalidArgument(field, f"must be at most {_MAX_PASSWORD_BYTES} bytes")
 
 
 def _validate_roles(roles: Iterable[str]) -> list[Role]:
@@ -433,5 +433,5 @@ def _validate_roles(roles: Iterable[str]) -> list[Role]:
         try:
             result.append(Role(role))
         except ValueError:
-            raise InvalidArgument(f"roles: {quoted(role)} is not one of {', '.join(Role)}") from None
+            raise InvalidArgument("roles", f"{quoted(role)} is not one of {', '.join(Role)}") from None
     return result

@@ -38,7 +38,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 
 def _fail(field: str, problem: str) -> NoReturn:
-    raise InvalidArgument(f"{field}: {problem}")
+    raise InvalidArgument(field, problem)
 
 
 def _text(field: str, value: str, *, max_bytes: int, required: bool = True) -> int:

@@ -52,7 +52,7 @@ class Database:
     ``conn.transaction()``, so no connection ever sits idle in a transaction.
     """
 
-    def __init__(self, conninfo: str, boundaries: Mapping[str, str], *, pool_size: int = 10) -> None:
+    def __init__(self, conninfo: str, boundaries: Mapping[str, str], *, pool_size: int) -> None:
         self.conninfo = conninfo
         self.boundaries: Mapping[str, str] = dict(boundaries)
         self._lookup: Lookup | None = None

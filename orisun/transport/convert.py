@@ -69,11 +69,11 @@ def read_request_from_proto(message: pb.GetEventsRequest) -> ReadRequest:
     if message.HasField("last_retrieved_position"):
         last = _position(message.last_retrieved_position)
         if after is not None and after != last:
-            raise InvalidArgument("from_position and last_retrieved_position: both set and different; "
-                                  "they are two names of one cursor, set one")
+            raise InvalidArgument("last_retrieved_position", "set and different from from_position; they are "
+                                  "two names of one cursor, set one")
         after = last
     if message.direction not in _DIRECTIONS:
-        raise InvalidArgument(f"direction: {message.direction} is neither ASC (0) nor DESC (1)")
+        raise InvalidArgument("direction", f"{message.direction} is neither ASC (0) nor DESC (1)")
     stream = None
     if message.HasField("stream"):
         s = message.stream
@@ -137,13 +137,6 @@ def _timestamp(moment: datetime) -> Timestamp:
 
 def _varint_size(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
-
-
-def event_entry(event: Event) -> tuple[pb.Event, int]:
-    """``event`` as a proto and the bytes it adds to a GetEventsResponse (field tag, length, body)."""
-    message = event_to_proto(event)
-    size = message.ByteSize()
-    return message, 1 + _varint_size(size) + size
 
 
 def event_to_proto(event: Event) -> pb.Event:
