@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -269,6 +271,69 @@ def test_a_scrape_does_not_grow_with_the_events_stored(server: ServerThread, stu
     assert keys == {key for key in before if not key[0].startswith(volatile)}
     assert value(after, "orisun_head_position", boundary=BOUNDARY) >= value(
         before, "orisun_head_position", boundary=BOUNDARY) + 5_000
+
+
+def test_pubsub_pending_and_redelivered(server: ServerThread, stub: pb_grpc.EventStoreStub) -> None:
+    """A consumer that nobody reads has the messages published since pending; one that gives a message back
+    (nack) gets it again, which counts as a redelivery of its subject and consumer."""
+    subject, name = f"metered.{uuid.uuid4().hex[:8]}", "metered-consumer"
+    requests: queue.Queue[pb.ConsumeRequest | None] = queue.Queue()
+    requests.put(pb.ConsumeRequest(subject=subject, consumer_name=name, max_in_flight=10))
+
+    def send() -> Iterator[pb.ConsumeRequest]:
+        while (request := requests.get()) is not None:
+            yield request
+
+    received: list[pb.ConsumeResponse] = []
+    with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+        call = pb_grpc.EventStoreStub(channel).ConsumePubSub(send(), metadata=AUTH, timeout=110)
+        def read() -> None:
+            try:
+                for each in call:
+                    received.append(each)
+            except grpc.RpcError:
+                pass  # cancelled by the test
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            # The consumer exists once the call is open: wait for it, then publish.
+            wait_for(lambda: ("orisun_pubsub_pending_messages", (("consumer", name), ("subject", subject)))
+                     in scrape(server), 30, "the consumer in the scrape")
+            for n in range(2):
+                stub.PublishToPubSub(pb.PublishRequest(id=f"m{n}", subject=subject, data="{}"), metadata=AUTH,
+                                     timeout=30)
+            wait_for(lambda: len(received) >= 2, 30, "two deliveries")
+            requests.put(pb.ConsumeRequest(nack=[received[0].token]))
+            wait_for(lambda: len(received) >= 3, 30, "the redelivery")
+            assert received[2].delivery_count == 2
+            samples = scrape(server)
+            assert value(samples, "orisun_pubsub_redelivered_total", subject=subject, consumer=name) == 1
+            assert value(samples, "orisun_pubsub_unacknowledged_messages", subject=subject, consumer=name) == 2
+        finally:
+            requests.put(None)
+            call.cancel()
+            reader.join(10)
+
+    # Published while nobody of another consumer name reads: pending for it.
+    idle = "metered-idle"
+    opener: queue.Queue[pb.ConsumeRequest | None] = queue.Queue()
+    opener.put(pb.ConsumeRequest(subject=subject, consumer_name=idle))
+    with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+        call = pb_grpc.EventStoreStub(channel).ConsumePubSub(iter(opener.get, None), metadata=AUTH, timeout=110)
+        wait_for(lambda: ("orisun_pubsub_pending_messages", (("consumer", idle), ("subject", subject)))
+                 in scrape(server), 30, "the idle consumer in the scrape")
+        call.cancel()
+    for n in range(4):
+        stub.PublishToPubSub(pb.PublishRequest(id=f"p{n}", subject=subject, data="{}"), metadata=AUTH, timeout=30)
+    def waiting() -> tuple[float, float]:
+        samples = scrape(server)
+        return (value(samples, "orisun_pubsub_pending_messages", subject=subject, consumer=idle),
+                value(samples, "orisun_pubsub_unacknowledged_messages", subject=subject, consumer=idle))
+
+    # The closed call's last pull may still take one message (it comes back after the ack wait).
+    pending, unacknowledged = wait_for(lambda: sum(w := waiting()) == 4 and w, 30, "4 messages for the consumer")
+    assert pending >= 3, (pending, unacknowledged)
 
 
 def test_metrics_are_open_by_default(server: ServerThread) -> None:
