@@ -14,6 +14,7 @@ against what the test did.
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import queue
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -384,3 +386,18 @@ def test_orisun_up_says_0_and_the_scrape_still_answers(postgres: EmbeddedPostgre
         assert time.monotonic() - began < 10
         assert value(samples, "orisun_up", component="postgres") == 0
         assert not series(samples, "orisun_head_position")
+
+
+def test_the_executable_bundles_prometheus_client() -> None:
+    """Without building it: the spec collects every orisun module (collect_submodules), PyInstaller
+    follows their top-level imports, and these import prometheus_client at the top, which the spec
+    does not exclude. No hidden import is needed."""
+    root = Path(__file__).resolve().parent.parent
+    spec = (root / "packaging" / "orisun.spec").read_text()
+    assert 'collect_submodules("orisun")' in spec
+    excludes = next(line for line in spec.splitlines() if line.strip().startswith("excludes="))
+    assert "prometheus" not in excludes
+    for module in ("orisun/metrics/__init__.py", "orisun/service/metrics.py"):
+        tree = ast.parse((root / module).read_text())
+        top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+        assert any(name.startswith("prometheus_client") for name in top), module
