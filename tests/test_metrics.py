@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
+from orisun.metrics import Counts
 from orisun.runtime.postgres import EmbeddedPostgres
 from tests.support import (
     ADMIN,
@@ -220,6 +221,8 @@ def test_a_held_back_subscription_shows_its_lag_until_it_catches_up(
     server: ServerThread, stub: pb_grpc.EventStoreStub
 ) -> None:
     data = json.dumps({"pad": "x" * 20_000})  # 20 kB each: 300 of them are far more than a flow-control window
+    cancelled = value(scrape(server), "orisun_grpc_requests_total", method="eventstore.EventStore/SubscribeToEvents",
+                      code="CANCELLED")
     stub.SaveEvents(save_request(OTHER, "warm-up", [event()]), metadata=AUTH, timeout=30)
     held = Held(server, OTHER, "held-back", pause_after=1)
     unnamed = Held(server, OTHER, "", pause_after=None)
@@ -254,7 +257,11 @@ def test_a_held_back_subscription_shows_its_lag_until_it_catches_up(
     # Closed subscriptions leave the gauges.
     wait_for(lambda: value(scrape(server), "orisun_live_subscribers", boundary=OTHER) == 0, 30,
              "no live subscriber left")
-    assert not series(scrape(server), "orisun_subscription_lag_events")
+    samples = scrape(server)
+    assert not series(samples, "orisun_subscription_lag_events")
+    # Both calls ended by their clients: counted when they end, as CANCELLED.
+    assert value(samples, "orisun_grpc_requests_total", method="eventstore.EventStore/SubscribeToEvents",
+                 code="CANCELLED") == cancelled + 2
 
 
 def test_a_scrape_does_not_grow_with_the_events_stored(server: ServerThread, stub: pb_grpc.EventStoreStub) -> None:
@@ -401,3 +408,24 @@ def test_the_executable_bundles_prometheus_client() -> None:
         tree = ast.parse((root / module).read_text())
         top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
         assert any(name.startswith("prometheus_client") for name in top), module
+
+
+def test_counts_cross_processes_as_json_and_add_up() -> None:
+    """What a worker sends (to_json) is what the supervisor adds (from_json, add); histogram
+    buckets come out cumulative, as Prometheus wants them; figures of another shape are left out."""
+    one = Counts()
+    one.outcome("b", "ok")
+    one.appended["b"] = 3
+    one.append_duration.observe(0.0005)  # on a bound: counted in its bucket (le is inclusive)
+    one.append_duration.observe(0.003)
+    one.grpc_codes("eventstore.EventStore/SaveEvents")["OK"] = 1
+    two = Counts.from_json(json.loads(json.dumps(one.to_json())))
+    two.add(one)
+    assert two.appended == {"b": 6}
+    assert two.append_requests == {"b": {"ok": 2}}
+    assert two.grpc == {"eventstore.EventStore/SaveEvents": {"OK": 2}}
+    buckets = dict(two.append_duration.buckets())
+    assert buckets["0.0005"] == 2 and buckets["0.001"] == 2 and buckets["0.005"] == 4 and buckets["+Inf"] == 4
+    assert abs(two.append_duration.total - 0.007) < 1e-9
+    assert Counts.from_json({"appended": "not a map"}).appended == {}
+    assert Counts.from_json({"append_duration": [[1, 2], [0, 0, 0], 0]}).append_duration.counts == [0] * 15

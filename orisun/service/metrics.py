@@ -139,9 +139,11 @@ class NodeMetrics:
     async def families(self) -> list[Metric]:
         postgres_up, nats_up = await asyncio.gather(self._postgres_up(), self._nats_up())
         pids = self._workers()
+        running = sum(pid is not None for pid in pids)  # one being restarted cannot answer: not waited for
         worker_answers, snapshot, heads, consumers = await asyncio.gather(
-            self._gather_workers(len(pids)) if nats_up else _nothing(list[Any]()),
-            _within(self._subscriptions.snapshot(), "the subscriptions") if nats_up else _nothing(None),
+            self._gather_workers(running) if nats_up else _nothing(list[Any]()),
+            # Without NATS a node of one process still knows its subscriptions (a supervisor, its own).
+            _within(self._subscriptions.snapshot(), "the subscriptions"),
             self._heads() if postgres_up else _nothing(dict[str, int]()),
             _within(self._pubsub.consumers(), "the pub/sub consumers") if nats_up else _nothing(None),
         )

@@ -414,7 +414,7 @@ class _Method:
                 try:
                     item = await items.__anext__()
                 except StopAsyncIteration:
-                    return
+                    break  # not return: the ``else`` below counts the call as OK
                 except asyncio.CancelledError:
                     if revocation is None or not revocation.swallow():
                         raise
