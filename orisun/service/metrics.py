@@ -42,7 +42,7 @@ from orisun.messaging import gather
 from orisun.messaging.feed import FeedPublisher
 from orisun.metrics import Counts
 from orisun.service.feed import LiveFeed
-from orisun.service.node import NodeSnapshot, NodeSubscriptions
+from orisun.service.node import GATHER_TIMEOUT, NodeSnapshot, NodeSubscriptions
 from orisun.service.pubsub import PubSubService
 from orisun.storage.database import Database
 from orisun.storage.events import read_head
@@ -50,8 +50,6 @@ from orisun.storage.stats import ping
 
 # Seconds each scrape-time check may take: a scrape answers within a few of them, whatever is down.
 CHECK_TIMEOUT = 1.0
-# How long the supervisor waits for its workers' counts (a slow one is counted with its last answer).
-GATHER_TIMEOUT = 1.0
 # psycopg_pool's get_stats() leaves out the counters still at 0: these are always written.
 POOL_FIGURES = ("pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting", "requests_num",
                 "requests_queued", "requests_wait_ms", "requests_errors", "returns_bad", "usage_ms",
