@@ -45,9 +45,11 @@ from orisun import __version__, tls
 from orisun.aio import cancel_and_wait
 from orisun.config import DEFAULT_ADMIN_PASSWORD, Settings
 from orisun.dashboard import Dashboard
+from orisun.dashboard._metrics import metrics_handler
 from orisun.errors import ConfigError, StartupError
 from orisun.messaging.feed import FeedPublisher
 from orisun.messaging.pubsub import PubSub
+from orisun.metrics import Counts
 from orisun.runtime.bundle import unpack_bundled_binaries
 from orisun.runtime.nats_server import ClusterOptions, EmbeddedNats, NatsServerOptions, find_nats_server
 from orisun.runtime.nats_server import connect as connect_nats
@@ -60,6 +62,7 @@ from orisun.service.boundaries import Boundaries
 from orisun.service.commits import Commits
 from orisun.service.events import EventStore
 from orisun.service.feed import LiveFeed
+from orisun.service.metrics import NodeMetrics, answer_metrics
 from orisun.service.monitor import Monitor
 from orisun.service.node import NodeSubscriptions, answer_figures, share_logins, share_user_changes
 from orisun.service.pubsub import PubSubService
@@ -140,6 +143,12 @@ class Orisun:
         self.monitor: Monitor | None = None
         self.dashboard: Dashboard | None = None
         self.pubsub: PubSubService | None = None
+        # What this process counts for GET /metrics (orisun.metrics); the supervisor adds its
+        # workers' (``metrics``, made with the dashboard).
+        self.counts = Counts()
+        self.metrics: NodeMetrics | None = None
+        self._publisher: FeedPublisher | None = None
+        self._node_subscriptions: NodeSubscriptions | None = None
         # Where the writer, the feed publisher and LISTEN report commits; routed to the feed and
         # the subscriptions once the live-feed phase has made them.
         self.commits = Commits(settings.boundaries.values())
@@ -318,7 +327,7 @@ class Orisun:
 
     async def _start_users(self, stops: contextlib.AsyncExitStack) -> None:
         s = self.settings
-        self.users = Users(UserStore(self.db_or_fail, s.admin_schema))
+        self.users = Users(UserStore(self.db_or_fail, s.admin_schema), counts=self.counts)
         stops.push_async_callback(self.users.close)
         listening = asyncio.Event()
         self._listener = asyncio.create_task(
@@ -345,13 +354,15 @@ class Orisun:
         db, nats_client = self.db_or_fail, self.nats_client
         assert nats_client is not None
         self.locks = SessionLocks(self._conninfo, on_lost=self._locks_lost)
-        self.feed = LiveFeed(db, FeedPublisher(nats_client, retention=s.live_feed_retention,
-                                               max_backlog=MAX_FEED_BACKLOG, replicas=self._replicas), self.locks,
+        self._publisher = FeedPublisher(nats_client, retention=s.live_feed_retention, max_backlog=MAX_FEED_BACKLOG,
+                                        replicas=self._replicas)
+        self.feed = LiveFeed(db, self._publisher, self.locks,
                              on_published=self.commits.published,
                              writing=lambda schema: self.events is not None and self.events.writing(schema),
                              stand_by=self.worker is not None)
         self.subscriptions = Subscriptions(db, nats_client, self.locks, publishing=self.feed.owns)
-        self.events = EventStore(db, max_event_bytes=s.nats_max_payload, on_commit=self.commits.written)
+        self.events = EventStore(db, max_event_bytes=s.nats_max_payload, on_commit=self.commits.written,
+                                 counts=self.counts)
         self.commits.route_to(self.feed, self.subscriptions)
         feed, subscriptions, commits = self.feed, self.subscriptions, self.commits
         for schema in db.boundaries.values():
@@ -383,7 +394,7 @@ class Orisun:
         s = self.settings
         assert self.nats_client is not None
         pubsub = PubSub(self.nats_client, retention=s.pubsub_retention, ack_wait=s.pubsub_ack_wait,
-                        replicas=self._replicas)
+                        replicas=self._replicas, counts=self.counts)
         await pubsub.setup()
         self.pubsub = PubSubService(pubsub, max_payload=s.nats_max_payload)
 
@@ -420,6 +431,9 @@ class Orisun:
             assert self.subscriptions is not None
             answering = await answer_figures(self.nats_client, self.node, self.subscriptions, self.pubsub)
             stops.push_async_callback(self._unsubscribe, answering)
+            counting = await answer_metrics(self.nats_client, self.node, self.worker.index, self.counts,
+                                            self.db_or_fail)
+            stops.push_async_callback(self._unsubscribe, counting)
         sharing = await share_logins(self.nats_client, self.node, self.users.throttle)
         stops.push_async_callback(sharing.close)
         changes = await share_user_changes(self.nats_client, self.node, self.users, self._node_processes)
@@ -466,6 +480,7 @@ class Orisun:
         assert self.nats_client is not None and self.subscriptions is not None
         node = NodeSubscriptions(self.subscriptions, self.nats_client, self.node,
                                  lambda: self.workers.running if self.workers is not None else 0, self.pubsub)
+        self._node_subscriptions = node
         self.monitor = Monitor(self.db_or_fail, self.nats_client, node)
         stops.push_async_callback(self.monitor.close)
         self.monitor.start()
@@ -474,10 +489,16 @@ class Orisun:
         s = self.settings
         assert self.users is not None and self.events is not None and self.subscriptions is not None
         assert self.pubsub is not None and self.monitor is not None and self.boundaries is not None
+        assert self.nats_client is not None and self._node_subscriptions is not None
+        self.metrics = NodeMetrics(self.counts, self.db_or_fail, self._node_subscriptions, self.pubsub,
+                                   self.nats_client, feed=self.feed, publisher=self._publisher, node=self.node,
+                                   workers=lambda: self.workers.pids if self.workers is not None else [])
         self.dashboard = Dashboard(users=self.users, events=self.events, subscriptions=self.subscriptions,
                                    pubsub=self.pubsub, monitor=self.monitor, boundaries=self.boundaries,
                                    version=__version__,
-                                   host=s.grpc_host, port=s.admin_port, ssl_context=self._tls()[1])
+                                   host=s.grpc_host, port=s.admin_port, ssl_context=self._tls()[1],
+                                   metrics=metrics_handler(self.metrics.scrape,
+                                                           self.users if s.metrics_auth else None))
         stops.push_async_callback(self.dashboard.stop)
         await self.dashboard.start()
 

@@ -105,6 +105,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ORISUN_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, "Password of that admin user (change it!)."),
     Variable("ORISUN_ADMIN_PORT", "8991",
              "Admin dashboard port, on ORISUN_GRPC_HOST (0 = any free port, printed at start)."),
+    Variable("ORISUN_METRICS_AUTH", "false", "Whether GET /metrics on the admin port asks for HTTP Basic "
+             "auth (any valid user); open without it."),
     Variable(CERT_VARIABLE, "(none)", "PEM certificate chain of the server. With ORISUN_TLS_KEY_FILE it "
              "turns on TLS for gRPC and the dashboard, and plaintext is refused. Without TLS, passwords cross "
              "the network in clear."),
@@ -173,6 +175,7 @@ class Settings:
     admin_username: str = _DEFAULTS["ORISUN_ADMIN_USERNAME"]
     admin_password: str = DEFAULT_ADMIN_PASSWORD
     admin_port: int = _default_int("ORISUN_ADMIN_PORT")
+    metrics_auth: bool = _DEFAULTS["ORISUN_METRICS_AUTH"] == "true"  # GET /metrics needs Basic auth
     # None = plaintext gRPC and HTTP.
     tls: TlsFiles | None = None
     logging_level: str = _DEFAULTS["ORISUN_LOGGING_LEVEL"]
@@ -411,6 +414,7 @@ def load_settings() -> Settings:
         admin_username=_nonempty(env, "ORISUN_ADMIN_USERNAME"),
         admin_password=_nonempty(env, "ORISUN_ADMIN_PASSWORD"),
         admin_port=_port(env, "ORISUN_ADMIN_PORT"),
+        metrics_auth=_read(env, "ORISUN_METRICS_AUTH", lambda: env.bool("ORISUN_METRICS_AUTH", Settings.metrics_auth)),
         tls=_tls(env),
         logging_level=level,
         logging_format=log_format,

@@ -70,8 +70,9 @@ STATIC = Path(str(resources.files("orisun.dashboard").joinpath("static")))
 # operating system fail with ENAMETOOLONG; NUL, '..' and hidden files never reach it either).
 _STATIC_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,99}){0,3}")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Answer without a session: the login page and its assets, and the login itself.
-_PUBLIC = frozenset({("GET", "/login"), ("HEAD", "/login"), ("POST", "/api/login")})
+# Answer without a session: the login page and its assets, the login itself, and /metrics (its
+# own Basic auth when ORISUN_METRICS_AUTH is on: dashboard/_metrics.py).
+_PUBLIC = frozenset({("GET", "/login"), ("HEAD", "/login"), ("POST", "/api/login"), ("GET", "/metrics")})
 _STATUS: dict[type[OrisunError], int] = {
     InvalidArgument: 400,
     Unauthenticated: 401,
@@ -120,8 +121,10 @@ class Dashboard:
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None = None,
+        metrics: Handler | None = None,
     ) -> None:
         self.users = users
+        self._metrics = metrics  # GET /metrics (dashboard/_metrics.py), when given
         self.events = events
         self.subscriptions = subscriptions
         self.pubsub = pubsub
@@ -163,6 +166,8 @@ class Dashboard:
         r.add_post("/api/users/{username}/password", self.change_password)
         r.add_delete("/api/users/{username}", self.delete_user)
         r.add_delete("/api/users", self.delete_user_named)  # any stored name, even one too long for a URL
+        if self._metrics is not None:
+            r.add_get("/metrics", self._metrics, allow_head=False)
         return app
 
     async def start(self) -> None:

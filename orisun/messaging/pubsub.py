@@ -39,6 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, Storag
 from orisun.errors import InvalidArgument
 from orisun.messaging._errors import NATS_ERRORS, translate_errors, unavailable
 from orisun.messaging._streams import add_or_update_stream
+from orisun.metrics import Counts
 
 STREAM = "ORISUN_PUBSUB"
 PREFIX = "orisun.pubsub."
@@ -268,13 +269,31 @@ class _SentWindow:
             closing.cancel()
 
 
+def _redeliveries(counts: Counts, subject: str, consumer_name: str) -> dict[str, int]:
+    """The redelivery counts of ``subject``, kept by a stream (``_count_redelivery``)."""
+    consumers = counts.redelivered.get(subject)
+    if consumers is None:
+        consumers = counts.redelivered[subject] = {}
+    consumers.setdefault(consumer_name, 0)
+    return consumers
+
+
+def _count_redelivery(redelivered: dict[str, int], consumer_name: str, msg: Msg) -> None:
+    """Count ``msg`` in orisun_pubsub_redelivered_total if JetStream delivered it before."""
+    if msg.metadata.num_delivered > 1:
+        redelivered[consumer_name] += 1
+
+
 class AckedConsumer:
     """A ConsumePubSub stream's hold on a durable consumer: messages are acknowledged only when
     the client acknowledges them; ``close`` gives back whatever is still in flight."""
 
-    def __init__(self, client: Client, subscription: JetStreamContext.PullSubscription) -> None:
+    def __init__(self, client: Client, subscription: JetStreamContext.PullSubscription,
+                 redelivered: dict[str, int] | None = None, consumer_name: str = "") -> None:
         self._client = client
         self._subscription = subscription
+        self._redelivered = redelivered if redelivered is not None else {consumer_name: 0}
+        self._consumer_name = consumer_name
         self._in_flight: dict[int, Msg] = {}
         self._fetching: asyncio.Future[list[Msg]] | None = None
 
@@ -291,11 +310,14 @@ class AckedConsumer:
         self._fetching = None
         deliveries = []
         for msg in fetched:
-            token = msg.metadata.sequence.stream
+            metadata = msg.metadata
+            token = metadata.sequence.stream
             message = decode(msg.subject, msg.data)
             msg.data = b""  # only the reply subject is needed from now on: hold no payloads
             self._in_flight[token] = msg
-            deliveries.append(Delivery(message, token, msg.metadata.num_delivered))
+            if metadata.num_delivered > 1:
+                self._redelivered[self._consumer_name] += 1
+            deliveries.append(Delivery(message, token, metadata.num_delivered))
         return deliveries
 
     async def ack(self, tokens: Iterable[int]) -> None:
@@ -343,8 +365,10 @@ class PubSub:
     """Pub/sub topics on JetStream: publishing, and durable consumers for SubscribeToPubSub and ConsumePubSub."""
 
     def __init__(self, client: Client, *, retention: float, ack_wait: float, replicas: int = 1,
-                 ack_delay: float = ACK_DELAY, max_unacked: int = MAX_UNACKED) -> None:
+                 ack_delay: float = ACK_DELAY, max_unacked: int = MAX_UNACKED, counts: Counts | None = None) -> None:
+        """``counts``: where redeliveries are counted (orisun_pubsub_redelivered_total)."""
         self._client = client
+        self._counts = counts if counts is not None else Counts()
         self._js = client.jetstream()
         self._retention = retention
         self._ack_wait = ack_wait
@@ -412,6 +436,7 @@ class PubSub:
         subscription = await self._pull(subject, consumer_name)
         closed = closed or asyncio.Event()
         window = _SentWindow(self._client, self.ack_delay, self.max_unacked, closed)
+        redelivered = _redeliveries(self._counts, subject, consumer_name)
         acknowledger = asyncio.create_task(window.run(), name=f"pubsub-acks-{consumer_name}")
         handing: Msg | None = None  # fetched, being handed on
         fetching: asyncio.Future[list[Msg]] | None = None
@@ -424,6 +449,7 @@ class PubSub:
                 fetching = None
                 for msg in fetched:
                     handing = msg
+                    _count_redelivery(redelivered, consumer_name, msg)
                     message = decode(msg.subject, msg.data)
                     msg.data = b""  # only the reply subject is needed from now on: hold no payloads
                     window.writing()
@@ -445,4 +471,5 @@ class PubSub:
 
     async def consume(self, subject: str, consumer_name: str) -> AckedConsumer:
         """A hold on the consumer for ConsumePubSub; the caller must ``close`` it."""
-        return AckedConsumer(self._client, await self._pull(subject, consumer_name))
+        return AckedConsumer(self._client, await self._pull(subject, consumer_name),
+                             _redeliveries(self._counts, subject, consumer_name), consumer_name)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from orisun.errors import PermissionDenied, quoted
+from orisun.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, quoted
+from orisun.metrics import Counts
 from orisun.model import Event, EventRow, ReadRequest, SaveRequest, User, WriteResult, row_position
 from orisun.service import validation
 from orisun.storage.database import Database
@@ -50,20 +52,24 @@ class PageSink(Protocol):
 
 
 class EventStore:
-    """SaveEvents and GetEvents: checks the caller, validates, and hands writes to each boundary's writer."""
+    """SaveEvents and GetEvents: checks the caller, validates, and hands writes to each boundary's
+    writer (one group-committing writer per boundary); both are counted in ``counts`` (orisun.metrics)."""
 
     def __init__(
-        self, db: Database, *, max_event_bytes: int, on_commit: Callable[[str, list[Event]], None] | None = None
+        self, db: Database, *, max_event_bytes: int, on_commit: Callable[[str, list[Event]], None] | None = None,
+        counts: Counts | None = None,
     ) -> None:
         self._db = db
         self._max_event_bytes = max_event_bytes
         self._on_commit = on_commit  # (schema, events stored): see BoundaryWriter
         self._writers: dict[str, BoundaryWriter] = {}
+        self.counts = counts if counts is not None else Counts()
 
-    def _writer(self, schema: str) -> BoundaryWriter:
+    def _writer(self, schema: str, boundary: str) -> BoundaryWriter:
         writer = self._writers.get(schema)
         if writer is None:
-            writer = self._writers[schema] = BoundaryWriter(self._db, schema, on_commit=self._on_commit)
+            writer = self._writers[schema] = BoundaryWriter(self._db, schema, on_commit=self._on_commit,
+                                                            counts=self.counts, boundary=boundary)
         return writer
 
     def writing(self, schema: str) -> bool:
@@ -75,10 +81,26 @@ class EventStore:
         if not user.can_write:
             raise PermissionDenied(f"user {quoted(user.username)} may not write events "
                                    "(needs role ADMIN or OPERATIONS)")
-        validation.check_boundary(request.boundary)
-        schema = await self._db.resolve(request.boundary)
-        validation.check_save(request, max_event_bytes=self._max_event_bytes)
-        return await self._writer(schema).append(request)
+        counts = self.counts
+        began = time.perf_counter()
+        try:
+            validation.check_boundary(request.boundary)
+            schema = await self._db.resolve(request.boundary)
+            validation.check_save(request, max_event_bytes=self._max_event_bytes)
+        except (InvalidArgument, NotFound):
+            # Labelled by its boundary only when that exists: a label per name a client makes up
+            # would grow the scrape without bound.
+            counts.outcome(request.boundary if request.boundary in self._db.boundaries else "", "invalid")
+            raise
+        try:
+            return await self._writer(schema, request.boundary).append(request)
+        except AlreadyExists:
+            raise  # a conflict or a duplicate, counted by the writer
+        except Exception:
+            counts.outcome(request.boundary, "error")
+            raise
+        finally:
+            counts.append_duration.observe(time.perf_counter() - began)
 
     async def _read_schema(self, request: ReadRequest) -> str:
         """The schema a read goes to, once the request is valid (every read checks the same)."""
@@ -87,7 +109,13 @@ class EventStore:
         validation.check_read(request)
         return schema
 
+    def _counted_read(self, boundary: str, began: float) -> None:
+        counts = self.counts
+        counts.reads[boundary] = counts.reads.get(boundary, 0) + 1
+        counts.read_duration.observe(time.perf_counter() - began)
+
     async def read(self, user: User, request: ReadRequest) -> list[Event]:
+        """The dashboard's read (not counted: orisun_read_requests_total counts GetEvents)."""
         schema = await self._read_schema(request)
         if request.count == 0:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
@@ -107,7 +135,14 @@ class EventStore:
         whatever was committed in between comes after every event already read (ASC) or above
         the cursor (DESC).
         """
+        began = time.perf_counter()
         schema = await self._read_schema(request)
+        try:
+            return await self._read_page(schema, request, sink, max_bytes)
+        finally:
+            self._counted_read(request.boundary, began)
+
+    async def _read_page(self, schema: str, request: ReadRequest, sink: PageSink, max_bytes: int) -> Page:
         if request.count == 0:
             request = dataclasses.replace(request, count=validation.DEFAULT_COUNT)
         rows = await read_page_rows(self._db, schema, request, max(0, max_bytes) // request.count)

@@ -25,6 +25,7 @@ from orisun.errors import (
     Unauthenticated,
     quoted,
 )
+from orisun.metrics import Counts
 from orisun.model import Role, User
 from orisun.service import validation
 from orisun.service.throttle import LoginThrottle, Throttled
@@ -134,9 +135,11 @@ class Users:
     entry marked stale or replaced is no longer recalled: those calls take the full ``sign_in``.
     """
 
-    def __init__(self, store: UserStore, throttle: LoginThrottle | None = None) -> None:
+    def __init__(self, store: UserStore, throttle: LoginThrottle | None = None, counts: Counts | None = None) -> None:
+        """``counts``: where failed logins are counted (orisun_auth_failures_total)."""
         self._store = store
         self.throttle = throttle if throttle is not None else LoginThrottle()
+        self.counts = counts if counts is not None else Counts()
         self._secret = secrets.token_bytes(32)
         self._cache: dict[str, _Entry] = {}
         self._token_key = secrets.token_bytes(32)
@@ -230,7 +233,11 @@ class Users:
         """As ``authenticate``, with the password hash the credential holds by (for ``watch``).
         ``token``: the credentials as the client sent them, for ``recall`` on its next calls."""
         digest = self._digest(username, password)
-        credential = await self._sign_in(username, password, address, digest)
+        try:
+            credential = await self._sign_in(username, password, address, digest)
+        except Unauthenticated:  # a wrong password, an unknown user, or throttled
+            self.counts.auth_failures += 1
+            raise
         if token is not None:
             self._remember(token, username, digest, address)
         return credential

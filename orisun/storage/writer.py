@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from orisun.errors import AlreadyExists, Unavailable, quoted
+from orisun.metrics import Counts
 from orisun.model import (
     EVENT_TYPE_TAG,
     EVENT_TYPE_TAG_ALIASES,
@@ -42,6 +43,8 @@ from orisun.model import (
 from orisun.storage._errors import translate_errors
 from orisun.storage.database import Database
 
+# append_events' outcomes, counted as orisun_append_requests_total's (a bug's unknown one is not).
+_COUNTED = frozenset(("ok", "idempotent", "conflict", "duplicate"))
 # A group is cut at this many events (a single request may exceed it and goes alone).
 MAX_GROUP_EVENTS = 20_000
 
@@ -66,10 +69,15 @@ class BoundaryWriter:
     """Appends to one boundary's schema; call ``append`` from any number of tasks."""
 
     def __init__(
-        self, db: Database, schema: str, *, on_commit: Callable[[str, list[Event]], None] | None = None
+        self, db: Database, schema: str, *, on_commit: Callable[[str, list[Event]], None] | None = None,
+        counts: Counts | None = None, boundary: str = "",
     ) -> None:
+        """``counts``: where each group's size and each request's outcome (and events stored) are
+        counted, under the label ``boundary``."""
         self._db = db
         self._schema = schema
+        self._counts = counts if counts is not None else Counts()
+        self._boundary = boundary
         # Handed (schema, the events stored, in position order) right after each commit: the live
         # feed publishes them and local subscribers get them at once, with no poll and no re-read.
         self._on_commit = on_commit
@@ -171,6 +179,7 @@ class BoundaryWriter:
         return group
 
     async def _commit_group(self, group: list[_Pending]) -> None:
+        self._counts.group_size.observe(len(group))
         try:
             rows = await self._execute([p.request for p in group])
         except Unavailable as exc:
@@ -190,8 +199,13 @@ class BoundaryWriter:
                 await self._commit_group([pending])
             return
         committed: list[Event] = []
+        counts, boundary = self._counts, self._boundary
         for pending, row in zip(group, rows, strict=True):
             outcome = _outcome(pending.request, row)
+            if isinstance(row[1], str) and row[1] in _COUNTED:
+                counts.outcome(boundary, row[1])
+                if row[1] == "ok":
+                    counts.appended[boundary] = counts.appended.get(boundary, 0) + len(pending.request.events)
             if isinstance(outcome, WriteResult) and row[1] == "ok" and self._on_commit is not None:
                 created_at = row[6]
                 assert isinstance(created_at, datetime)

@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 from loguru import logger
 
 from orisun.errors import OrisunError, Unauthenticated, quoted
+from orisun.metrics import Counts
 from orisun.model import User
 from orisun.service.throttle import Throttled
 from orisun.service.users import Credential, Users
@@ -162,9 +163,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     # Peer strings remembered with their address (one per connection); past this, start over.
     MAX_PEERS = 4096
 
-    def __init__(self, users: Users, gate: Gate) -> None:
+    def __init__(self, users: Users, gate: Gate, counts: Counts | None = None) -> None:
+        """``counts``: where each call's final status is counted (by default the users' counts)."""
         self.users = users
         self.gate = gate
+        self.counts = counts if counts is not None else users.counts
         self._methods: dict[str, _Method] = {}
         self._addresses: dict[str, str] = {}
         self._undecodable_log = QuietLog()
@@ -214,6 +217,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         try:
             username, password = parse_basic(header)
         except Unauthenticated as exc:
+            self.users.counts.auth_failures += 1
             self._refusal_log(f"Refused {method} from {address}: {exc}")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise
@@ -307,6 +311,9 @@ class _Method:
         self._handler = handler
         self._method = method
         self.open = open_
+        # This method's calls by final status code (orisun_grpc_requests_total): kept here, so a
+        # call counts with one dict update, no label lookup.
+        self._codes = interceptor.counts.grpc_codes(method.lstrip("/"))
         self._deserializer = handler.request_deserializer
         kind = _kind(handler)
         self._behavior = getattr(handler, kind)
@@ -364,16 +371,24 @@ class _Method:
 
     async def _unary(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """A unary request with a unary response: as _coroutine, in fewer steps."""
-        if self.open:
-            return await self._run(await self._decode(request, context), context)
-        await self._credential(context)
-        request = await self._decode(request, context)
-        gate = self._interceptor.gate
-        gate.enter()
+        codes = self._codes
         try:
-            return await self._run(request, context)
-        finally:
-            gate.leave()
+            if self.open:
+                result = await self._run(await self._decode(request, context), context)
+            else:
+                await self._credential(context)
+                request = await self._decode(request, context)
+                gate = self._interceptor.gate
+                gate.enter()
+                try:
+                    result = await self._run(request, context)
+                finally:
+                    gate.leave()
+        except BaseException as exc:
+            _count_failure(codes, context, exc)
+            raise
+        codes["OK"] = codes.get("OK", 0) + 1
+        return result
 
     def _watch(self, credential: Credential | None) -> tuple[_Revocation | None, Callable[[], None]]:
         if credential is None:
@@ -384,7 +399,12 @@ class _Method:
     async def _generator(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         # A streaming response: not counted by the gate (a subscription has no end to wait for at
         # shutdown), ended when its user's credentials go.
-        credential, request, inner_context = await self._prepare(request, context)
+        codes = self._codes
+        try:
+            credential, request, inner_context = await self._prepare(request, context)
+        except BaseException as exc:
+            _count_failure(codes, context, exc)
+            raise
         revocation, unwatch = self._watch(credential)
         items = self._behavior(request, inner_context)
         try:
@@ -394,7 +414,7 @@ class _Method:
                 try:
                     item = await items.__anext__()
                 except StopAsyncIteration:
-                    return
+                    break  # not return: the ``else`` below counts the call as OK
                 except asyncio.CancelledError:
                     if revocation is None or not revocation.swallow():
                         raise
@@ -405,11 +425,26 @@ class _Method:
                     await items.aclose()
                     await revocation.abort(context)
                 yield item
+        except BaseException as exc:
+            _count_failure(codes, context, exc)
+            raise
+        else:
+            codes["OK"] = codes.get("OK", 0) + 1
         finally:
             unwatch()
             await items.aclose()
 
     async def _coroutine(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        codes = self._codes
+        try:
+            result = await self._coroutine_call(request, context)
+        except BaseException as exc:
+            _count_failure(codes, context, exc)
+            raise
+        codes["OK"] = codes.get("OK", 0) + 1
+        return result
+
+    async def _coroutine_call(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         credential, request, inner_context = await self._prepare(request, context)
         if self._handler.response_streaming:
             # A streaming response written with context.write(): as in _generator.
@@ -433,6 +468,20 @@ class _Method:
             return await self._run(request, inner_context)
         finally:
             gate.leave()
+
+
+def _count_failure(codes: dict[str, int], context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Count a call that ended with ``exc``: an abort by its status code, a client that went
+    away (the call's task cancelled, its generator closed) as CANCELLED, anything else as gRPC
+    answers it, UNKNOWN."""
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        name = "CANCELLED"
+    else:
+        name = "UNKNOWN"
+    codes[name] = codes.get(name, 0) + 1
 
 
 def passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
