@@ -231,10 +231,12 @@ def _serving(server: subprocess.Popen[bytes], address: str, boundary: str) -> bo
 
 
 @contextmanager
-def orisun(pg: Postgres, boundary: str, workers: int | None = None, data_dir: Path | None = None) -> Iterator[Stack]:
+def orisun(pg: Postgres, boundary: str, workers: int | None = None, data_dir: Path | None = None,
+           admin_port: int = 0) -> Iterator[Stack]:
     """``python -m orisun`` (this tree's) on ``pg`` serving ``boundary``, stopped after.
 
-    ``workers``: ORISUN_WORKERS for it (None: unset, the server's default). Serving once an
+    ``workers``: ORISUN_WORKERS for it (None: unset, the server's default); ``admin_port``: its
+    dashboard's (0: any free port). Serving once an
     authenticated call succeeds and ``workers`` processes listen on the port (a server that does
     not know the variable yet has one: reported in ``Stack.serving`` after a short wait)."""
     params = conninfo_to_dict(pg.conninfo)
@@ -244,7 +246,7 @@ def orisun(pg: Postgres, boundary: str, workers: int | None = None, data_dir: Pa
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORISUN_")}
         env.update(ORISUN_DATA_DIR=str(data_dir or pg.base / "data"), ORISUN_GRPC_PORT=str(port),
-                   ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT="0",
+                   ORISUN_NATS_PORT=str(free_port()), ORISUN_ADMIN_PORT=str(admin_port),
                    ORISUN_PG_HOST="127.0.0.1", ORISUN_PG_PORT=str(params["port"]),
                    ORISUN_PG_USER=str(params["user"]), ORISUN_PG_PASSWORD=str(params["password"]),
                    ORISUN_PG_NAME=str(params["dbname"]), ORISUN_PG_SCHEMAS=boundary,

@@ -200,8 +200,8 @@ def test_appends_reads_and_refusals_move_the_counters(server: ServerThread, stub
     assert value(after, "orisun_up", component="nats") == 1
     wait_for(lambda: value(scrape(server), "orisun_feed_lag_events", boundary=BOUNDARY) == 0, 30,
              "the live feed to publish every event")
-    assert ("orisun_pg_pool_pool_size", (("process", "node"),)) in after
-    assert value(after, "orisun_pg_pool_pool_max", process="node") == server.settings.pg_pool_size
+    assert ("orisun_pg_pool_size", (("process", "node"),)) in after
+    assert value(after, "orisun_pg_pool_max", process="node") == server.settings.pg_pool_size
     if series(after, "process_cpu_seconds_total"):  # /proc exists (Linux)
         assert value(after, "process_resident_memory_bytes", process="node") > 0
 

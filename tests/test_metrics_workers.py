@@ -73,7 +73,7 @@ def test_one_scrape_counts_the_appends_of_every_worker(node: ServerThread) -> No
     assert moved("orisun_append_duration_seconds_count") == calls
     # Each process's own figures, labelled by process.
     for process in ("supervisor", "worker-1", "worker-2"):
-        assert ("orisun_pg_pool_pool_size", (("process", process),)) in after, process
+        assert ("orisun_pg_pool_size", (("process", process),)) in after, process
     if series(after, "process_cpu_seconds_total"):
         for process in ("supervisor", "worker-1", "worker-2"):
             assert value(after, "process_resident_memory_bytes", process=process) > 0, process
@@ -97,7 +97,7 @@ def test_counters_stay_when_a_worker_restarts(node: ServerThread) -> None:
     wait_for(lambda: killed not in worker_pids(node) and len(worker_pids(node)) == 2, 60, "the worker restarted")
     # Before and after the new process first answers: never below what was counted.
     wait_for(lambda: value(scrape(node), "orisun_up", component="nats") == 1
-             and len(series(scrape(node), "orisun_pg_pool_pool_size")) == 3, 30, "every process answering")
+             and len(series(scrape(node), "orisun_pg_pool_size")) == 3, 30, "every process answering")
     for _ in range(3):
         assert value(scrape(node), "orisun_events_appended_total", boundary=BOUNDARY) >= appended
 

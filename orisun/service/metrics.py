@@ -34,7 +34,7 @@ from loguru import logger
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -50,7 +50,9 @@ from orisun.storage.stats import ping
 
 # Seconds each scrape-time check may take: a scrape answers within a few of them, whatever is down.
 CHECK_TIMEOUT = 1.0
-# psycopg_pool's get_stats() leaves out the counters still at 0: these are always written.
+# psycopg_pool's get_stats() leaves out the counters still at 0: these are always written. The
+# figures of the moment (gauges); every other one only grows while the process lives (counters).
+POOL_GAUGES = frozenset({"pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting"})
 POOL_FIGURES = ("pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting", "requests_num",
                 "requests_queued", "requests_wait_ms", "requests_errors", "returns_bad", "usage_ms",
                 "connections_num", "connections_ms", "connections_errors", "connections_lost")
@@ -265,8 +267,12 @@ class NodeMetrics:
         pools += [(f"worker-{index}", worker.pool) for index, worker in sorted(self._last.items())]
         families: list[Metric] = []
         for key in sorted({*POOL_FIGURES, *(key for _, stats in pools for key in stats)}):
-            family = GaugeMetricFamily(f"orisun_pg_pool_{key}", f"The PostgreSQL pool's {key} "
-                                       "(psycopg_pool get_stats()), per process.", labels=["process"])
+            # psycopg_pool's names, without its own "pool_" prefix (orisun_pg_pool_size, not
+            # orisun_pg_pool_pool_size); what it only ever adds to is a counter (..._total).
+            name = f"orisun_pg_pool_{key.removeprefix('pool_')}"
+            documentation = f"The PostgreSQL pool's {key} (psycopg_pool get_stats()), per process."
+            kind = GaugeMetricFamily if key in POOL_GAUGES else CounterMetricFamily
+            family = kind(name, documentation, labels=["process"])
             for process, stats in pools:
                 family.add_metric([process], stats.get(key, 0))
             families.append(family)
