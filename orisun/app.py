@@ -467,7 +467,8 @@ class Orisun:
         self.dashboard = Dashboard(users=self.users, events=self.events, subscriptions=self.subscriptions,
                                    pubsub=self.pubsub, monitor=self.monitor, boundaries=self.boundaries,
                                    version=__version__,
-                                   host=s.grpc_host, port=s.admin_port, ssl_context=self._tls()[1])
+                                   host=s.grpc_host, port=s.admin_port, ssl_context=self._tls()[1],
+                                   admin_username=s.admin_username, admin_boundary=s.admin_boundary)
         stops.push_async_callback(self.dashboard.stop)
         await self.dashboard.start()
 
