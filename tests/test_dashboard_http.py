@@ -602,7 +602,8 @@ def test_event_subscription_is_listed_with_position_and_lag(dash: ServerThread, 
         reader.check()
         answer = ok(admin.get("/api/subscriptions"))
         found = [s for s in answer["subscriptions"] if (s["boundary"], s["subscriber_name"]) == ("dash_subs",
-                                                                                                 "dash-reader")]
+                                                                                                 "dash-reader")
+                 and s["connected"]]  # a named one that went away stays listed a while, not connected
         return {**found[0], "live": answer["live"]} if found else None
 
     try:
@@ -652,7 +653,8 @@ def test_pubsub_consumer_is_listed(dash: ServerThread, admin: Client) -> None:
             return found[0] if found and found[0]["pending"] == 0 and found[0]["ack_pending"] == 0 else None
 
         found = wait_for(entry, 15, "the pub/sub consumer, all delivered and acknowledged")
-        assert set(found) == {"stream", "subject", "consumer_name", "pending", "ack_pending", "redelivered"}
-        assert isinstance(found["stream"], str) and isinstance(found["redelivered"], int)
+        # The JetStream stream (ORISUN_PUBSUB) is internal: not shown since issue #16.
+        assert {"subject", "consumer_name", "pending", "ack_pending", "redelivered"} <= set(found)
+        assert "stream" not in found and isinstance(found["redelivered"], int)
     finally:
         reader.close()

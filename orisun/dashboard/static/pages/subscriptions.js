@@ -20,7 +20,7 @@ function sinceCell(item) {
   const at = item.connected ? item.since : item.until;
   if (!at) return h("td", { class: "faint" }, "–");
   return h("td", { class: "nowrap", title: `${fmtTime(at)} UTC`, testid: "since" },
-    item.connected ? `${fmtTime(at).slice(0, 19)} (${fmtAgo(at)})` : `left ${fmtAgo(at)}`);
+    item.connected ? `${fmtTime(at).slice(11, 19)} (${fmtAgo(at)})` : `left ${fmtAgo(at)}`);
 }
 
 function rateCell(rate) {

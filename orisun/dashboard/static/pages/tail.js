@@ -86,6 +86,8 @@ export async function renderTail(view, params, signal) {
 
   /** An event from the server: shown, or held back while paused (the oldest beyond TAIL_KEEP skipped). */
   function receive(event) {
+    s.received += 1;
+    drawCounter();
     if (!s.paused) {
       show(event);
       return;
@@ -124,8 +126,6 @@ export async function renderTail(view, params, signal) {
   }
 
   function show(event) {
-    s.received += 1;
-    drawCounter();
     const empty = tbody.querySelector("td.empty");
     if (empty) empty.parentElement.remove();
     const row = eventRow(event, "tail-row", drawer.open);
