@@ -60,7 +60,8 @@ def test_any_user_lists_the_configured_boundaries(dash: ServerThread, roles: lis
     for name, schema in BOUNDARIES.items():
         boundary = boundaries[name]
         assert datetime.fromisoformat(boundary.pop("created_at")).tzinfo is not None  # recorded in the catalog
-        assert boundary == {"name": name, "schema": schema, "description": "", "configured": True}
+        assert boundary == {"name": name, "schema": schema, "description": "", "configured": True,
+                            "internal": name == "orisun_admin"}
 
 
 def test_creating_needs_admin(dash: ServerThread) -> None:

@@ -170,7 +170,8 @@ def test_login_answers_user_and_csrf_token_and_sets_the_cookie(dash: ServerThrea
     assert "httponly" in attributes, attributes
     assert attributes.get("samesite", "").lower() == "strict", attributes
     assert attributes.get("path") == "/", attributes
-    assert ok(client.get("/api/session")) == {**body, "version": orisun.__version__}
+    assert ok(client.get("/api/session")) == {**body, "version": orisun.__version__, "admin_username": "admin",
+                                              "admin_boundary": "orisun_admin", "default_admin_password": True}
     # Opaque and random: long, and another login gets another one.
     other = logged_in(dash)
     assert len(value) >= 22 and other.cookie is not None and len(other.cookie) >= 22
