@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -232,7 +232,7 @@ def test_event_types_cover_only_the_most_recent_events(dash: ServerThread, admin
     monkeypatch.setattr(monitor, "TYPE_SAMPLE", 2)
     monkeypatch.setattr(monitor, "DETAILS_TTL", 0.0)
     save(dash, "ops_overview", "o-3", [ev("Closed"), ev("Closed")])
-    entry = [b for b in ok(admin.get("/api/overview"))["boundaries"] if b["boundary"] == "ops_overview"][0]
+    entry = next(b for b in ok(admin.get("/api/overview"))["boundaries"] if b["boundary"] == "ops_overview")
     assert entry["event_types"] == [{"type": "Closed", "events": 2}] and entry["event_types_sampled"] == 2
 
 
