@@ -20,8 +20,8 @@ from psycopg import sql
 from orisun._proto import admin_pb2 as apb
 from orisun._proto import admin_pb2_grpc as apb_grpc
 from orisun.runtime.postgres import EmbeddedPostgres
+from tests.dashboard_client import Client, assert_error, ev, logged_in, ok, read_all, save
 from tests.support import ServerThread, auth_metadata, running_server
-from tests.test_dashboard_http import Client, assert_error, ev, logged_in, ok, read_all, save
 
 pytestmark = pytest.mark.timeout(60)
 

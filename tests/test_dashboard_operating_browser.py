@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from playwright.sync_api import Page, ViewportSize, expect
+from playwright.sync_api import FloatRect, Page, ViewportSize, expect
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
@@ -33,7 +33,7 @@ LONG_TAGS = {"order_id": "order-long", "correlation_id": "corr-" + "9f" * 40,
 LONG_METADATA = {"source": "web", "user_agent": "Mozilla/5.0 " + "very-long-unbroken-token-" * 12}
 
 
-def detail_box(page: Page) -> dict[str, float]:
+def detail_box(page: Page) -> FloatRect:
     box = page.get_by_test_id("event-detail").bounding_box()
     assert box is not None
     return box
@@ -189,12 +189,12 @@ def test_subscriptions_show_connection_since_rate_and_lag_without_internal_names
 ) -> None:
     name, consumer = f"projector-{uuid.uuid4().hex[:6]}", f"mailer-{uuid.uuid4().hex[:6]}"
     channel = grpc.insecure_channel(dash_server.address)
-    events_call = pb_grpc.EventStoreStub(channel).SubscribeToEvents(
+    events_call = pb_grpc.EventStoreStub(channel).SubscribeToEvents(  # type: ignore[no-untyped-call]
         pb.CatchUpSubscribeToEventStoreRequest(boundary="orders", subscriber_name=name),
         metadata=auth_metadata(), timeout=110)
     subscription: StreamReader[pb.Event] = StreamReader(events_call, channel, f"subscription {name}")
     pubsub_channel = grpc.insecure_channel(dash_server.address)
-    pubsub_call = pb_grpc.EventStoreStub(pubsub_channel).SubscribeToPubSub(
+    pubsub_call = pb_grpc.EventStoreStub(pubsub_channel).SubscribeToPubSub(  # type: ignore[no-untyped-call]
         pb.SubscribeRequest(subject="orders.notifications", consumer_name=consumer), metadata=auth_metadata(),
         timeout=110)
     pubsub: StreamReader[pb.SubscribeResponse] = StreamReader(pubsub_call, pubsub_channel, f"consumer {consumer}")

@@ -23,8 +23,8 @@ from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.service import monitor
+from tests.dashboard_client import Client, Response, assert_error, ev, logged_in, ok, read_all, save
 from tests.support import ADMIN, ServerThread, StreamReader, auth_metadata, running_server, wait_for
-from tests.test_dashboard_http import Client, Response, assert_error, ev, logged_in, ok, read_all, save
 
 pytestmark = pytest.mark.timeout(90)
 
