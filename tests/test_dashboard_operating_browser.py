@@ -102,6 +102,7 @@ def test_event_detail_at_1024_px_comes_into_view_and_keeps_long_values_inside(
     assert event_id.evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"
     id_box = event_id.bounding_box()
     assert id_box is not None and id_box["height"] < 30, id_box
+    assert event_id.evaluate("e => e.scrollWidth <= e.clientWidth"), "the id is cut off"
     expect(page.get_by_test_id("copy-event-id")).to_be_visible()
     # Tag chips and metadata end inside the panel: they wrap.
     right = box["x"] + box["width"]

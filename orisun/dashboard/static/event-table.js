@@ -51,17 +51,18 @@ function highlighted(text) {
   return parts;
 }
 
-/** A copy-to-clipboard button for ``text`` (none where the browser has no clipboard access). */
+/** An icon button copying ``text`` to the clipboard (none where the browser has no clipboard
+ * access); its title says whether it worked. */
 function copyButton(text, what, testid) {
   if (!navigator.clipboard) return null;
-  const button = h("button", { type: "button", class: "small ghost", title: `Copy ${what}`, testid }, icon("copy"),
-    h("span", {}, "Copy"));
+  const button = h("button", { type: "button", class: "small ghost icon-only", title: `Copy ${what}`,
+    "aria-label": `Copy ${what}`, testid }, icon("copy"));
   button.addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText(text);
-      button.lastChild.textContent = "Copied";
+      button.title = "Copied";
     } catch {
-      button.lastChild.textContent = "Copy failed";
+      button.title = "Copy failed";
     }
   });
   return button;
