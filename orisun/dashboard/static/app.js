@@ -145,6 +145,7 @@ async function main() {
   }
   setupShell();
   showPasswordBanner(state.session);
+  window.addEventListener("orisun:users-changed", () => refreshBanner(currentPage ? currentPage.signal : undefined));
   window.addEventListener("hashchange", route);
   if (!location.hash || location.hash === "#" || location.hash === "#/") history.replaceState(null, "", "#/overview");
   route();
