@@ -1,32 +1,31 @@
-"""Fixtures and helpers of the dashboard's browser tests (test_dashboard_browser*.py): a real
-headless Chromium (Debian's ``chromium`` package, driven by Playwright's Python API; no browser is
-downloaded) against a real Orisun server.
+"""Helpers of the dashboard's browser tests (test_dashboard_*browser*.py): a real headless
+Chromium (Debian's ``chromium`` package, driven by Playwright's Python API; no browser is
+downloaded) against a real Orisun server. The fixtures are in tests/dashboard_browser_fixtures.py,
+which the test modules load with ``pytest_plugins`` (its module-scoped fixtures are then per test
+module: each has its own server and seed).
 
 Each test uses its own browser context (its own cookies). The page fails the test on any script
 error or Content-Security-Policy violation (the dashboard runs under ``default-src 'self'``). Every
 page is also screenshotted under the pytest temp dir (``dashboard-screenshots*``); the path is
-printed. The test modules load this one with ``pytest_plugins``; its module-scoped fixtures are
-then per test module (each module has its own server and seed).
+printed.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Page, ViewportSize, expect
 
 from orisun._proto import eventstore_pb2 as pb
 from orisun._proto import eventstore_pb2_grpc as pb_grpc
-from orisun.config import parse_boundaries
-from orisun.runtime.postgres import EmbeddedPostgres
-from tests.support import ADMIN, ServerThread, auth_metadata, running_server
+from tests.support import ADMIN, auth_metadata
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -60,20 +59,6 @@ class Seed:
     order_streams: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def dash_server(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
-    """One server for the module with the boundaries orders and payments, on a fresh database."""
-    boundaries = parse_boundaries("orders,payments", "orisun_admin")
-    with running_server(postgres.conninfo, "test_dash_browser", boundaries=boundaries) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stub(dash_server: ServerThread) -> Iterator[pb_grpc.EventStoreStub]:
-    with dash_server.stub() as client:
-        yield client
-
-
 def event(event_type: str, data: Any, tags: dict[str, str] | None = None, metadata: Any = None,
           event_id: str | None = None) -> pb.EventToSave:
     return pb.EventToSave(
@@ -100,83 +85,12 @@ def read_all(stub: pb_grpc.EventStoreStub, boundary: str, auth: tuple[str, str] 
     return list(response.events)
 
 
-@pytest.fixture(scope="module")
-def seed(stub: pb_grpc.EventStoreStub) -> Seed:
-    """Orders and payments saved over gRPC, with one marked event to find by its tag."""
-    marker_tag = ("marker", uuid.uuid4().hex[:12])
-    result = Seed(marker_tag=marker_tag, marker_id=str(uuid.uuid4()))
-    for n in range(1, ORDERS + 1):
-        stream = f"order-{n}"
-        region = "eu" if n % 2 else "us"
-        events = [event("OrderCreated", {"order_id": stream, "customer": f"c-{n}"},
-                        {"order_id": stream, "region": region}, {"source": "api"})]
-        events += [event("ItemAdded", {"order_id": stream, "sku": f"SKU-{i}", "qty": i}, {"order_id": stream})
-                   for i in range(1, 2 * n + 1)]
-        if n % 2 == 0:
-            events.append(event("OrderPaid", {"order_id": stream, "amount": n * 10}, {"order_id": stream}))
-        save(stub, "orders", stream, events)
-        result.order_streams.append(stream)
-    save(stub, "orders", "order-3", [event("OrderGiftWrapped", MARKER_DATA, {"order_id": "order-3",
-                                                                             marker_tag[0]: marker_tag[1]},
-                                           MARKER_METADATA, result.marker_id)])
-    for n in range(1, 4):
-        stream = f"payment-{n}"
-        events = [event("PaymentAuthorized", {"payment_id": stream, "amount": n * 100}, {"payment_id": stream}),
-                  event("PaymentCaptured", {"payment_id": stream}, {"payment_id": stream})]
-        save(stub, "payments", stream, events)
-        result.payments_events += len(events)
-        result.payments_streams += 1
-    return result
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless (.ci/run installs it, and tests/conftest.py does as root)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's Chromium (apt-get install -y chromium)",
-                    pytrace=False)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("dashboard-screenshots")
-    print(f"\ndashboard screenshots: {path}")
-    return path
-
-
 def snap(page: Page, shots: Path, name: str) -> Path:
     """A full-page screenshot of what is on screen now, kept as a test artifact."""
     path = shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
     return path
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser context (no cookies) and page; the test fails on any script error or CSP
-    violation the page reports. Failed requests the test provokes (401, 403) are not errors."""
-    context = browser.new_context(viewport=VIEWPORT)
-    tab = context.new_page()
-    problems: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            problems.append(f"console error: {message.text}")
-
-    tab.on("console", on_console)
-    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    try:
-        yield tab
-    finally:
-        context.close()
-    assert not problems, "the page reported errors:\n" + "\n".join(problems)
 
 
 def login(page: Page, base: str, username: str = ADMIN[0], password: str = ADMIN[1]) -> None:

@@ -1,5 +1,6 @@
-"""The admin dashboard end to end in a real browser (fixtures: tests/dashboard_browser.py): the
-login and its throttle, the overview numbers against what was saved over gRPC, logout.
+"""The admin dashboard end to end in a real browser (helpers: tests/dashboard_browser.py, fixtures:
+tests/dashboard_browser_fixtures.py): the login and its throttle, the overview numbers against what
+was saved over gRPC, logout.
 
 The data pages are in test_dashboard_browser_data.py, users and boundaries in
 test_dashboard_browser_admin.py, the pages for operating (issue #16) in
@@ -28,7 +29,7 @@ from tests.dashboard_browser import (
 )
 from tests.support import ADMIN, ServerThread
 
-pytest_plugins = ["tests.dashboard_browser"]
+pytest_plugins = ["tests.dashboard_browser_fixtures"]
 pytestmark = pytest.mark.browser  # conftest installs Chromium first, where it can
 
 

@@ -1,6 +1,7 @@
-"""The dashboard's administration pages in a real browser (fixtures: tests/dashboard_browser.py):
-adding a user who can then call the gRPC API and deleting them so that it refuses them, the
-ADMIN-only user pages, creating a boundary and picking it without a reload."""
+"""The dashboard's administration pages in a real browser (helpers: tests/dashboard_browser.py,
+fixtures: tests/dashboard_browser_fixtures.py): adding a user who can then call the gRPC API and
+deleting them so that it refuses them, the ADMIN-only user pages, creating a boundary and picking it
+without a reload."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tests.dashboard_browser import (
 )
 from tests.support import ServerThread, wait_for
 
-pytest_plugins = ["tests.dashboard_browser"]
+pytest_plugins = ["tests.dashboard_browser_fixtures"]
 pytestmark = pytest.mark.browser  # conftest installs Chromium first, where it can
 
 

@@ -1,6 +1,7 @@
-"""The dashboard's data pages in a real browser (fixtures: tests/dashboard_browser.py): finding an
-event by tag and reading its pretty-printed data, paging, the streams page, the live tail showing a
-newly saved event without a reload, the subscriptions page."""
+"""The dashboard's data pages in a real browser (helpers: tests/dashboard_browser.py, fixtures:
+tests/dashboard_browser_fixtures.py): finding an event by tag and reading its pretty-printed data,
+paging, the streams page, the live tail showing a newly saved event without a reload, the
+subscriptions page."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from tests.dashboard_browser import (
 )
 from tests.support import ServerThread, StreamReader, auth_metadata
 
-pytest_plugins = ["tests.dashboard_browser"]
+pytest_plugins = ["tests.dashboard_browser_fixtures"]
 pytestmark = pytest.mark.browser  # conftest installs Chromium first, where it can
 
 

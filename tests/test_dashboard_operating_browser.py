@@ -1,9 +1,9 @@
-"""The dashboard for operating (issue #16) in a real browser (fixtures: tests/dashboard_browser.py):
-the event detail panel at 1024 px, totals, "page N of M", the search by event id and position and
-the stream prefix filter, streams by last write, subscriptions with connection, rate and lag and
-without internal names, the internal boundary apart, the default password banner, the login
-throttle's countdown, the live tail's pause and resume, the overview's event types and storage.
-"""
+"""The dashboard for operating (issue #16) in a real browser (helpers: tests/dashboard_browser.py,
+fixtures: tests/dashboard_browser_fixtures.py): the event detail panel at 1024 px, totals, "page N
+of M", the search by event id and position and the stream prefix filter, streams by last write,
+subscriptions with connection, rate and lag and without internal names, the internal boundary apart,
+the default password banner, the login throttle's countdown, the live tail's pause and resume, the
+overview's event types and storage."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from orisun.service import monitor
 from tests.dashboard_browser import Seed, event, login, pick_boundary, read_all, save, snap
 from tests.support import ADMIN, ServerThread, StreamReader, auth_metadata, wait_for
 
-pytest_plugins = ["tests.dashboard_browser"]
+pytest_plugins = ["tests.dashboard_browser_fixtures"]
 pytestmark = pytest.mark.browser  # conftest installs Chromium first, where it can
 
 NARROW: ViewportSize = {"width": 1024, "height": 768}
