@@ -498,7 +498,8 @@ class Orisun:
                                    version=__version__,
                                    host=s.grpc_host, port=s.admin_port, ssl_context=self._tls()[1],
                                    metrics=metrics_handler(self.metrics.scrape,
-                                                           self.users if s.metrics_auth else None))
+                                                           self.users if s.metrics_auth else None),
+                                   admin_username=s.admin_username, admin_boundary=s.admin_boundary)
         stops.push_async_callback(self.dashboard.stop)
         await self.dashboard.start()
 

@@ -20,8 +20,8 @@ from psycopg import sql
 from orisun._proto import admin_pb2 as apb
 from orisun._proto import admin_pb2_grpc as apb_grpc
 from orisun.runtime.postgres import EmbeddedPostgres
+from tests.dashboard_client import Client, assert_error, ev, logged_in, ok, read_all, save
 from tests.support import ServerThread, auth_metadata, running_server
-from tests.test_dashboard_http import Client, assert_error, ev, logged_in, ok, read_all, save
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,7 +60,8 @@ def test_any_user_lists_the_configured_boundaries(dash: ServerThread, roles: lis
     for name, schema in BOUNDARIES.items():
         boundary = boundaries[name]
         assert datetime.fromisoformat(boundary.pop("created_at")).tzinfo is not None  # recorded in the catalog
-        assert boundary == {"name": name, "schema": schema, "description": "", "configured": True}
+        assert boundary == {"name": name, "schema": schema, "description": "", "configured": True,
+                            "internal": name == "orisun_admin"}
 
 
 def test_creating_needs_admin(dash: ServerThread) -> None:

@@ -25,8 +25,8 @@ from orisun._proto import eventstore_pb2 as pb
 from orisun.dashboard._server import Dashboard
 from orisun.runtime.postgres import EmbeddedPostgres
 from orisun.service import users as users_module
+from tests.dashboard_client import Client, Response, assert_error, assert_no_traceback, logged_in, ok
 from tests.support import ADMIN, ServerThread, auth_metadata, running_server, wait_for
-from tests.test_dashboard_http import Client, Response, assert_error, assert_no_traceback, logged_in, ok
 
 pytestmark = pytest.mark.timeout(60)
 

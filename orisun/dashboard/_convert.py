@@ -11,6 +11,7 @@ from multidict import MultiMapping
 from orisun.errors import InvalidArgument
 from orisun.model import EVENT_TYPE_TAG, Criterion, Direction, Event, Position, Query, ReadRequest, Tag, User
 from orisun.service import validation
+from orisun.service.monitor import PrefixFilter
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
@@ -102,6 +103,17 @@ def stream_filter(params: Mapping[str, str]) -> str | None:
     if stream is not None:
         check_text("stream", stream, validation.MAX_STREAM_NAME_BYTES)
     return stream
+
+
+def prefix_filter(params: MultiMapping[str]) -> PrefixFilter | None:
+    """``stream_prefix`` (streams whose name starts with it) with the type and tags of the request."""
+    prefix = params.get("stream_prefix") or None
+    if prefix is None:
+        return None
+    check_text("stream_prefix", prefix, validation.MAX_STREAM_NAME_BYTES)
+    tags = _tags(params)
+    event_type = next((t.value for t in tags if t.key == EVENT_TYPE_TAG), None)
+    return PrefixFilter(prefix, event_type, tuple((t.key, t.value) for t in tags if t.key != EVENT_TYPE_TAG))
 
 
 def read_request(boundary: str, params: MultiMapping[str]) -> ReadRequest:

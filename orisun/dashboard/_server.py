@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -16,6 +17,7 @@ import re
 import ssl
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,18 +27,21 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
+from orisun.dashboard._admin_routes import AdminRoutes
 from orisun.dashboard._convert import (
     MAX_COUNT,
+    MAX_POSITION,
     event_json,
     parse_int,
+    prefix_filter,
     quote,
     read_request,
     stream_filter,
     tail_query,
-    user_json,
 )
-from orisun.dashboard._requests import MAX_LARGE_BODY_BYTES, json_body, text_field, username_in_path
-from orisun.dashboard._sessions import Session, Sessions, csrf_ok
+from orisun.dashboard._keys import SESSION, SESSION_ID, USER
+from orisun.dashboard._requests import MAX_LARGE_BODY_BYTES, json_body, text_field
+from orisun.dashboard._sessions import Sessions, csrf_ok
 from orisun.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -48,13 +53,12 @@ from orisun.errors import (
     Unauthenticated,
     Unavailable,
     bounded,
-    quoted,
 )
 from orisun.logs import escape_control
-from orisun.model import Boundary, Position, Role, User
+from orisun.model import Direction, Event, Position, ReadRequest, User
 from orisun.service.boundaries import Boundaries
 from orisun.service.events import EventStore
-from orisun.service.monitor import Monitor
+from orisun.service.monitor import Monitor, PrefixFilter
 from orisun.service.pubsub import PubSubService
 from orisun.service.subscriptions import Subscriptions
 from orisun.service.throttle import Throttled
@@ -93,9 +97,6 @@ _SECURITY_HEADERS = {
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What the authentication middleware stores on a request for the handlers.
-SESSION_ID = web.RequestKey("session_id", str)
-SESSION = web.RequestKey("session", Session)
-USER = web.RequestKey("user", User)
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -122,6 +123,8 @@ class Dashboard:
         port: int,
         ssl_context: ssl.SSLContext | None = None,
         metrics: Handler | None = None,
+        admin_username: str,
+        admin_boundary: str,
     ) -> None:
         self.users = users
         self._metrics = metrics  # GET /metrics (dashboard/_metrics.py), when given
@@ -136,6 +139,13 @@ class Dashboard:
         # With a context the port speaks HTTPS only: a plain HTTP request fails its handshake.
         self.ssl_context = ssl_context
         self.sessions = Sessions()
+        # The configured admin user, whose default password the pages warn about, and the internal
+        # boundary (users, catalog), shown apart from the user's boundaries.
+        self.admin_username = admin_username
+        self.admin_boundary = admin_boundary
+        # Whether the admin still has DEFAULT_ADMIN_PASSWORD, by the admin's (id, updated_at): an
+        # argon2 verify costs ~50 ms, so it runs again only when that user changed.
+        self._default_password: tuple[tuple[str, Any], bool] | None = None
         self.throttle = users.throttle
         self._runner: web.AppRunner | None = None
         self._tails: set[asyncio.Task[Any]] = set()
@@ -155,17 +165,19 @@ class Dashboard:
         r.add_post("/api/logout", self.logout)
         r.add_get("/api/session", self.session)
         r.add_get("/api/overview", self.overview)
-        r.add_get("/api/boundaries", self.list_boundaries)
-        r.add_post("/api/boundaries", self.create_boundary)
+        admin = AdminRoutes(self.users, self.boundaries, self.sessions, self.admin_boundary)
+        r.add_get("/api/boundaries", admin.list_boundaries)
+        r.add_post("/api/boundaries", admin.create_boundary)
         r.add_get("/api/boundaries/{boundary}/events", self.list_events)
+        r.add_get("/api/boundaries/{boundary}/events/{event_id}", self.get_event)
         r.add_get("/api/boundaries/{boundary}/streams", self.list_streams)
         r.add_get("/api/boundaries/{boundary}/tail", self.tail)
         r.add_get("/api/subscriptions", self.list_subscriptions)
-        r.add_get("/api/users", self.list_users)
-        r.add_post("/api/users", self.create_user)
-        r.add_post("/api/users/{username}/password", self.change_password)
-        r.add_delete("/api/users/{username}", self.delete_user)
-        r.add_delete("/api/users", self.delete_user_named)  # any stored name, even one too long for a URL
+        r.add_get("/api/users", admin.list_users)
+        r.add_post("/api/users", admin.create_user)
+        r.add_post("/api/users/{username}/password", admin.change_password)
+        r.add_delete("/api/users/{username}", admin.delete_user)
+        r.add_delete("/api/users", admin.delete_user_named)  # any stored name, even one too long for a URL
         if self._metrics is not None:
             r.add_get("/metrics", self._metrics, allow_head=False)
         return app
@@ -307,7 +319,18 @@ class Dashboard:
     async def session(self, request: web.Request) -> web.StreamResponse:
         user = request[USER]
         return web.json_response({**self._who(user), "csrf_token": request[SESSION].csrf_token,
-                                  "version": self.version})
+                                  "version": self.version, "admin_boundary": self.admin_boundary,
+                                  "admin_username": self.admin_username,
+                                  "default_admin_password": await self._admin_has_default_password()})
+
+    async def _admin_has_default_password(self) -> bool:
+        admin = await self.users.get(self.admin_username)
+        if admin is None:
+            return False
+        key = (admin.id, admin.updated_at)  # updated_at moves with every password change
+        if self._default_password is None or self._default_password[0] != key:
+            self._default_password = (key, await self.users.uses_default_password(self.admin_username))
+        return self._default_password[1]
 
     @staticmethod
     def _who(user: User) -> dict[str, Any]:
@@ -337,7 +360,10 @@ class Dashboard:
             "nats": health(o.nats),
             "boundaries": [
                 {"boundary": b.boundary, "schema": b.schema, "head": b.head, "events": b.head, "streams": b.streams,
-                 "subscribers": b.subscribers,
+                 "subscribers": b.subscribers, "internal": b.boundary == self.admin_boundary,
+                 "storage_bytes": b.details.storage_bytes if b.details else None,
+                 "event_types": [{"type": t, "events": n} for t, n in b.details.event_types] if b.details else [],
+                 "event_types_sampled": b.details.sampled if b.details else 0,
                  "write_rate": [{"t": p.at.isoformat(), "events_per_second": round(p.events_per_second, 2)}
                                 for p in b.write_rate]}
                 for b in o.boundaries
@@ -345,15 +371,82 @@ class Dashboard:
         })
 
     async def list_events(self, request: web.Request) -> web.StreamResponse:
-        read = read_request(request.match_info["boundary"], request.query)
-        events = await self.events.read(request[USER], read)
-        cursors = [f"{e.position.commit}:{e.position.prepare}" for e in events]
-        return web.json_response({"events": [event_json(e) for e in events],
-                                  "first": cursors[0] if cursors else None, "last": cursors[-1] if cursors else None})
+        """A page of events. Beyond the read's filters: ``stream_prefix`` (streams starting with
+        it), ``at`` (the page starts at this position), ``total=1`` (count the matches, bounded)."""
+        boundary, params = request.match_info["boundary"], request.query
+        read = read_request(boundary, params)
+        prefix = prefix_filter(params)
+        at = params.get("at")
+        if at is not None:
+            if "after" in params:
+                raise InvalidArgument("at", "give either at or after, not both")
+            position = parse_int("at", at, 1, MAX_POSITION)
+            # The cursor just before the position in the page's order (after is exclusive).
+            if read.direction == Direction.ASC:
+                start = Position(0, position - 1) if position > 1 else None
+            else:
+                start = Position(MAX_POSITION, position + 1)
+            read = dataclasses.replace(read, after=start)
+        asc = read.direction == Direction.ASC
+        if prefix is not None:
+            if read.stream is not None:
+                raise InvalidArgument("stream_prefix", "give either stream or stream_prefix, not both")
+            events, resume = await self.monitor.read_by_prefix(boundary, prefix, after=read.after, count=read.count,
+                                                               asc=asc)
+            next_cursor = f"{resume}:{resume}" if resume is not None else None
+        else:
+            events = await self.events.read(request[USER], read)
+            next_cursor = _cursor(events[-1].position) if len(events) == read.count else None
+        answer: dict[str, Any] = {"events": [event_json(e) for e in events],
+                                  "first": _cursor(events[0].position) if events else None,
+                                  "last": _cursor(events[-1].position) if events else None,
+                                  "next": next_cursor, "before": await self._before(read, prefix, events, asc)}
+        if params.get("total") == "1":
+            total = await self.monitor.events_total(read, prefix)
+            answer["total"] = {"count": total.count, "exact": total.exact, "window": total.window}
+        return web.json_response(answer)
+
+    async def _before(self, read: ReadRequest, prefix: PrefixFilter | None, events: list[Event],
+                      asc: bool) -> int | None:
+        """How many matching events come before this page (in its order), where that is known at
+        the cost of one lookup: positions are dense, and so are a stream's versions."""
+        if not events or prefix is not None or read.query is not None:
+            return None
+        first = events[0]
+        if read.stream is None:
+            if asc:
+                return first.position.prepare - 1
+            return await self.monitor.head(read.boundary) - first.position.prepare
+        if asc:
+            return first.version
+        version = await self.monitor.stream_version(read.boundary, read.stream)
+        return version - first.version if version is not None else None
+
+    async def get_event(self, request: web.Request) -> web.StreamResponse:
+        """One event by its id (the events page's search)."""
+        boundary = request.match_info["boundary"]
+        event = await self.monitor.event_by_id(boundary, request.match_info["event_id"])
+        if event is None:
+            raise NotFound(f"event_id: no event of boundary {quote(boundary)} has the id "
+                           f"{quote(request.match_info['event_id'])}")
+        return web.json_response(event_json(event))
 
     async def list_streams(self, request: web.Request) -> web.StreamResponse:
         query = request.query
         count = parse_int("count", query.get("count", "50"), 1, MAX_COUNT)
+        order = query.get("order", "name")
+        if order == "last_write":
+            before = query.get("before")
+            written, resume = await self.monitor.streams_by_last_write(
+                request.match_info["boundary"], prefix=query.get("prefix", ""), limit=count,
+                before=parse_int("before", before, 1, MAX_POSITION) if before else None)
+            return web.json_response({
+                "streams": [{"name": s.name, "version": s.version, "updated_at": s.updated_at.isoformat(),
+                             "position": s.position} for s in written],
+                "next": str(resume) if resume is not None else None,
+            })
+        if order != "name":
+            raise InvalidArgument("order", f"{quote(order)} is not name or last_write")
         streams = await self.monitor.streams(request.match_info["boundary"], after=query.get("after", ""),
                                              prefix=query.get("prefix", ""), limit=count)
         full = len(streams) == count
@@ -364,20 +457,34 @@ class Dashboard:
         })
 
     async def list_subscriptions(self, request: web.Request) -> web.StreamResponse:
-        progress, live = await self.monitor.subscriptions()
-        consumers = await self.pubsub.consumers()
+        """Every event subscription and pub/sub consumer: connected or not, since when, rate, lag.
+        The internal names (the JetStream stream of pub/sub) stay out of it."""
+        activity = await self.monitor.activity(await self.pubsub.consumers())
+
+        def when(seconds: float | None) -> str | None:
+            return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds is not None else None
+
+        def rate(value: float | None) -> float | None:
+            return round(value, 2) if value is not None else None
+
         return web.json_response({
             "subscriptions": [
-                {"boundary": p.subscription.boundary, "subscriber_name": p.subscription.subscriber_name,
-                 "position": ({"commit": p.subscription.position.commit, "prepare": p.subscription.position.prepare}
-                              if p.subscription.position else None),
-                 "head": p.head, "lag": p.lag}
-                for p in progress
+                {"boundary": v.boundary, "subscriber_name": v.subscriber_name, "stream": v.stream,
+                 "internal": v.boundary == self.admin_boundary, "connected": v.connected,
+                 "since": when(v.since), "until": when(v.until),
+                 "position": {"commit": v.position.commit, "prepare": v.position.prepare} if v.position else None,
+                 "examined": v.examined, "delivered": v.delivered, "rate": rate(v.rate), "head": v.head, "lag": v.lag}
+                for v in activity.subscriptions
             ],
-            "live": live,
-            "pubsub": [{"stream": c.stream, "subject": c.subject, "consumer_name": c.consumer_name,
-                        "pending": c.pending, "ack_pending": c.ack_pending, "redelivered": c.redelivered}
-                       for c in consumers],
+            "live": {b: n for b, n in activity.live.items() if b != self.admin_boundary},
+            "live_internal": {b: n for b, n in activity.live.items() if b == self.admin_boundary},
+            "pubsub": [{"subject": c.subject, "consumer_name": c.consumer_name, "connected": c.connected,
+                        "since": when(c.since), "calls": c.calls, "delivered": c.delivered, "rate": rate(c.rate),
+                        "lag": c.lag,
+                        "pending": c.status.pending if c.status else None,
+                        "ack_pending": c.status.ack_pending if c.status else None,
+                        "redelivered": c.status.redelivered if c.status else None}
+                       for c in activity.consumers],
         })
 
     async def tail(self, request: web.Request) -> web.StreamResponse:
@@ -426,84 +533,9 @@ class Dashboard:
                 await pump
         return response
 
-    # --- Boundaries --------------------------------------------------------------------------
 
-    async def list_boundaries(self, request: web.Request) -> web.StreamResponse:
-        """Every boundary (any user may look, as on the overview)."""
-        return web.json_response({"boundaries": [_boundary_json(b) for b in await self.boundaries.list()]})
-
-    async def create_boundary(self, request: web.Request) -> web.StreamResponse:
-        """POST /api/boundaries {"name", "schema", "description"} (ADMIN): created, migrated and
-        usable at once; Boundaries.create's errors as they are (400 naming the field, 409 taken or
-        an existing schema)."""
-        user = request[USER]
-        if Role.ADMIN not in user.roles:
-            raise PermissionDenied(f"user {quoted(user.username)} may not create boundaries (needs role ADMIN)")
-        body = await json_body(request)
-        boundary = await self.boundaries.create(
-            text_field(body, "name"), schema=text_field(body, "schema", required=False),
-            description=text_field(body, "description", required=False))
-        logger.info("Dashboard: {} created boundary {} (schema {})", quote(user.username), quote(boundary.name),
-                    quote(boundary.schema))
-        return web.json_response(_boundary_json(boundary), status=201)
-
-    # --- Users (ADMIN) -----------------------------------------------------------------------
-
-    @staticmethod
-    def _admin(request: web.Request) -> User:
-        user = request[USER]
-        if Role.ADMIN not in user.roles:
-            raise PermissionDenied(f"user {quoted(user.username)} may not manage users (needs role ADMIN)")
-        return user
-
-    async def list_users(self, request: web.Request) -> web.StreamResponse:
-        self._admin(request)
-        return web.json_response({"users": [user_json(u) for u in await self.users.list()]})
-
-    async def create_user(self, request: web.Request) -> web.StreamResponse:
-        self._admin(request)
-        body = await json_body(request)
-        roles = body.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise InvalidArgument("roles", "must be a list of role names (ADMIN, OPERATIONS)")
-        user = await self.users.create(text_field(body, "name", required=False), text_field(body, "username"),
-                                       text_field(body, "password"), roles)
-        logger.info("Dashboard: {!r} created user {!r}", request[USER].username, user.username)
-        return web.json_response(user_json(user), status=201)
-
-    async def change_password(self, request: web.Request) -> web.StreamResponse:
-        self._admin(request)
-        body = await json_body(request)
-        username = username_in_path(request)
-        await self.users.change_password(username, text_field(body, "password"))
-        logger.info("Dashboard: {} changed the password of {}", quote(request[USER].username), quote(username))
-        return web.Response(status=204)
-
-    async def delete_user(self, request: web.Request) -> web.StreamResponse:
-        return await self._delete_user(request, username_in_path(request))
-
-    async def delete_user_named(self, request: web.Request) -> web.StreamResponse:
-        """DELETE /api/users {"username"}: the name in the body, so that no URL length limit stands
-        in the way (names were unlimited before MAX_USERNAME_CHARS)."""
-        self._admin(request)
-        body = await json_body(request, max_bytes=MAX_LARGE_BODY_BYTES)
-        return await self._delete_user(request, text_field(body, "username"))
-
-    async def _delete_user(self, request: web.Request, username: str) -> web.StreamResponse:
-        me = self._admin(request)
-        if username == me.username:
-            raise InvalidArgument("username", "you cannot delete yourself")
-        await self.users.delete(username, caller=me)
-        self.sessions.end_user(username)
-        logger.info("Dashboard: {} deleted user {}", quote(me.username), quote(username))
-        return web.Response(status=204)
-
-
-def _boundary_json(boundary: Boundary) -> dict[str, Any]:
-    return {"name": boundary.name, "schema": boundary.schema, "description": boundary.description,
-            # From ORISUN_PG_SCHEMAS (or an adopted schema), rather than created here.
-            "configured": boundary.existed_before_catalog,
-            "created_at": boundary.created_at.isoformat() if boundary.created_at is not None else None}
+def _cursor(position: Position) -> str:
+    return f"{position.commit}:{position.prepare}"
 
 
 async def _pump(events: AsyncGenerator[Any, None], queue: asyncio.Queue[Any]) -> None:

@@ -96,7 +96,10 @@ export function enc(text) {
  * boundary created at runtime (here, on another node or in another tab) appears without a reload. */
 export async function loadBoundaries(signal) {
   const answer = await api("/api/boundaries", { signal });
-  state.boundaries = answer.boundaries.map((b) => b.name);
+  // The user's boundaries first; Orisun's own (internal) after them.
+  const sorted = [...answer.boundaries].sort((a, b) => Number(Boolean(a.internal)) - Number(Boolean(b.internal)));
+  state.boundaries = sorted.map((b) => b.name);
+  state.internal = new Set(sorted.filter((b) => b.internal).map((b) => b.name));
   return state.boundaries;
 }
 

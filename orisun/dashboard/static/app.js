@@ -42,6 +42,31 @@ const ROUTES = {
 
 let currentPage = null; // the AbortController of the page on screen
 
+// Shown above every page while the configured admin user still has the default password.
+const passwordBanner = h("div", { class: "alert warn banner-global", role: "alert", testid: "default-password-banner",
+  hidden: true });
+
+function showPasswordBanner(session) {
+  passwordBanner.hidden = !session.default_admin_password;
+  if (passwordBanner.hidden) return;
+  const who = session.admin_username || "admin";
+  passwordBanner.replaceChildren(`The admin user ${who} still has the default password: anyone who knows it can `
+    + "change everything here. ",
+  isAdmin() ? h("a", { href: "#/users" }, "Change it on the Users page") : "Ask an administrator to change it",
+  " (or set ORISUN_ADMIN_PASSWORD before the first start).");
+}
+
+/** The session again (cheap: the server keeps the password check until the admin user changes). */
+async function refreshBanner(signal) {
+  try {
+    const session = await api("/api/session", { signal });
+    state.session = { ...state.session, ...session };
+    showPasswordBanner(state.session);
+  } catch (error) {
+    if (!isQuiet(error)) passwordBanner.hidden = true;
+  }
+}
+
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, "");
   const at = raw.indexOf("?");
@@ -66,8 +91,9 @@ async function route() {
   }
   document.title = `${page.title} · Orisun`;
   const view = document.getElementById("view");
-  view.replaceChildren();
+  view.replaceChildren(passwordBanner);
   view.dataset.page = name;
+  refreshBanner(controller.signal);
   try {
     await page.render(view, params, controller.signal);
   } catch (error) {
@@ -118,6 +144,8 @@ async function main() {
     return;
   }
   setupShell();
+  showPasswordBanner(state.session);
+  window.addEventListener("orisun:users-changed", () => refreshBanner(currentPage ? currentPage.signal : undefined));
   window.addEventListener("hashchange", route);
   if (!location.hash || location.hash === "#" || location.hash === "#/") history.replaceState(null, "", "#/overview");
   route();

@@ -89,6 +89,19 @@ export function fmtRate(n) {
   return rateFormat.format(Number(n) || 0);
 }
 
+/** Bytes as "812 B", "1.4 MB", "3.2 GB" (powers of 1024). */
+export function fmtBytes(n) {
+  if (n === null || n === undefined || Number.isNaN(Number(n))) return "–";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let value = Number(n);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit === 0 ? value : value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
 function pad(n, width = 2) {
   return String(n).padStart(width, "0");
 }

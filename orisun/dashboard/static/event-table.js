@@ -51,6 +51,23 @@ function highlighted(text) {
   return parts;
 }
 
+/** An icon button copying ``text`` to the clipboard (none where the browser has no clipboard
+ * access); its title says whether it worked. */
+function copyButton(text, what, testid) {
+  if (!navigator.clipboard) return null;
+  const button = h("button", { type: "button", class: "small ghost icon-only", title: `Copy ${what}`,
+    "aria-label": `Copy ${what}`, testid }, icon("copy"));
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      button.title = "Copied";
+    } catch {
+      button.title = "Copy failed";
+    }
+  });
+  return button;
+}
+
 function jsonBlock(title, text, testid) {
   const pretty = prettyJson(text);
   const pre = h("pre", { class: `json${pretty.raw ? " raw" : ""}${pretty.empty ? " empty-json" : ""}`, testid },
@@ -82,17 +99,21 @@ export function eventDetail(event, { onClose, onStream, boundary }) {
   const close = h("button", { type: "button", class: "small ghost", title: "Close", "aria-label": "Close" },
     icon("x"));
   close.addEventListener("click", onClose);
-  return h("aside", { class: "panel detail", testid: "event-detail", "aria-label": "Event detail" },
+  return h("aside", { class: "panel detail", testid: "event-detail", "aria-label": "Event detail", tabindex: -1 },
     h("div", { class: "panel-head" }, h("h2", {}, event.event_type), h("span", { class: "spacer" }), close),
     h("div", { class: "panel-body" },
       h("dl", { class: "kv" },
-        h("dt", {}, "Event ID"), h("dd", { class: "mono", testid: "detail-event-id" }, event.event_id),
+        // The id never wraps mid-id: one line (scrolling inside if it must), with a copy button.
+        h("dt", {}, "Event ID"), h("dd", { class: "id-line" },
+          h("code", { class: "one-line", testid: "detail-event-id" }, event.event_id),
+          copyButton(event.event_id, "the event id", "copy-event-id")),
         h("dt", {}, "Type"), h("dd", { testid: "detail-type" }, event.event_type),
         h("dt", {}, "Stream"), h("dd", { class: "mono", testid: "detail-stream" }, stream),
         h("dt", {}, "Version"), h("dd", { class: "num", testid: "detail-version" }, String(event.version)),
         h("dt", {}, "Position"), h("dd", { class: "mono", testid: "detail-position" },
           `${event.position.prepare}`, h("span", { class: "faint" }, `  (commit ${event.position.commit})`)),
-        h("dt", {}, "Created"), h("dd", { class: "mono", testid: "detail-created" }, event.created_at || "–"),
+        h("dt", {}, "Created"), h("dd", { class: "mono", testid: "detail-created", title: event.created_at || "" },
+          event.created_at ? `${fmtTime(event.created_at)} UTC` : "–"),
         h("dt", {}, "Tags"), h("dd", { testid: "detail-tags" },
           (event.tags || []).length ? event.tags.map(tagChip) : h("span", { class: "faint" }, "none"))),
       jsonBlock("Data", event.data, "event-data"),
@@ -115,6 +136,12 @@ export function detailDrawer(tbody, signal, boundaryOf) {
     row.classList.add("selected");
     slot.replaceChildren(eventDetail(event, { boundary: boundaryOf(), onClose: close, onStream: true }));
     if (slot.parentElement) slot.parentElement.classList.add("with-detail");
+    // On a narrow window the panel is a drawer over the page; wherever it is, bring it into view,
+    // or the click seems to do nothing (it used to land 2,000 px down at 1024 px).
+    const panel = slot.firstElementChild;
+    const box = panel.getBoundingClientRect();
+    if (box.top < 0 || box.bottom > window.innerHeight) panel.scrollIntoView({ block: "start" });
+    panel.focus({ preventScroll: true });
   }
   const onKey = (e) => {
     if (e.key === "Escape" && selected && !document.querySelector("dialog[open]")) close();

@@ -13,9 +13,33 @@ function showError(message) {
   errorBox.hidden = false;
 }
 
+let ticking = null; // the countdown's timer
+
 function clearError() {
+  clearInterval(ticking);
+  ticking = null;
   errorBox.textContent = "";
   errorBox.hidden = true;
+}
+
+/** "Too many failed logins — try again in 0:27", counting down to "you can try again now". */
+function countdown(seconds) {
+  const until = Date.now() + seconds * 1000;
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+    if (left === 0) {
+      clearInterval(ticking);
+      ticking = null;
+      showError("Too many failed logins. You can try again now.");
+      errorBox.dataset.left = "0";
+      return;
+    }
+    showError(`Too many failed logins — try again in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`);
+    errorBox.dataset.left = String(left);
+  };
+  clearInterval(ticking);
+  tick();
+  ticking = setInterval(tick, 250);
 }
 
 function destination() {
@@ -66,9 +90,7 @@ form.addEventListener("submit", async (event) => {
       password.value = "";
       password.focus();
     } else if (response.status === 429) {
-      const message = await readError(response);
-      const retry = response.headers.get("Retry-After");
-      showError(message || `Too many failed attempts. Try again in ${retry || "a few"} seconds.`);
+      countdown(Number(response.headers.get("Retry-After")) || 1);
     } else {
       const message = await readError(response);
       showError(message || `Sign-in failed (HTTP ${response.status}).`);

@@ -3,6 +3,7 @@
 export const state = {
   session: null,
   boundaries: null, // names, from /api/boundaries (or the overview), the last ones seen
+  internal: new Set(), // of those, Orisun's own (the admin boundary): listed apart
 };
 
 export function isAdmin() {

@@ -2,6 +2,7 @@
 // tag chips, empty table rows and the confirmation dialog.
 
 import { h } from "./dom.js";
+import { state } from "./state.js";
 
 const BOUNDARY_KEY = "orisun.boundary";
 
@@ -22,12 +23,17 @@ export function preferredBoundary(names, wanted) {
     remembered = null;
   }
   if (remembered && names.includes(remembered)) return remembered;
-  return names[0] || "";
+  return names.find((name) => !state.internal.has(name)) || names[0] || "";
 }
 
+/** The boundary picker: the user's boundaries, then Orisun's internal one in a group of its own. */
 export function boundarySelect(names, selected, onChange) {
+  const option = (name) => h("option", { value: name, selected: name === selected }, name);
+  const internal = names.filter((name) => state.internal.has(name));
   const select = h("select", { id: "boundary", testid: "boundary-select", "aria-label": "Boundary" },
-    names.map((name) => h("option", { value: name, selected: name === selected }, name)));
+    names.filter((name) => !state.internal.has(name)).map(option),
+    internal.length ? h("optgroup", { label: "Internal (Orisun's own)", testid: "internal-boundaries" },
+      internal.map(option)) : null);
   select.addEventListener("change", () => {
     rememberBoundary(select.value);
     onChange(select.value);

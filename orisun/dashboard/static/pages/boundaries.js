@@ -78,8 +78,10 @@ export async function renderBoundaries(view, params, signal) {
       : h("span", { class: "badge accent", title: b.created_at ? `Created ${fmtTime(b.created_at)} UTC` : "" },
         "created at runtime");
     const q = (page) => `#/${page}?${new URLSearchParams({ boundary: b.name })}`;
-    return h("tr", { testid: "boundary-row", dataset: { boundary: b.name } },
-      h("td", { class: "mono" }, b.name),
+    return h("tr", { testid: "boundary-row", dataset: { boundary: b.name, internal: String(Boolean(b.internal)) } },
+      h("td", { class: "mono" }, b.name, b.internal
+        ? h("span", { class: "badge", testid: "internal-badge", title: "Orisun's own boundary: users and the "
+          + "boundary catalog" }, "internal") : null),
       h("td", { class: "mono" }, b.schema),
       h("td", {}, b.description || h("span", { class: "faint" }, "—")),
       h("td", {}, origin),
@@ -90,7 +92,9 @@ export async function renderBoundaries(view, params, signal) {
   async function loadList() {
     try {
       const answer = await api("/api/boundaries", { signal });
-      const boundaries = answer.boundaries || [];
+      // The user's boundaries first, Orisun's internal one last.
+      const boundaries = [...(answer.boundaries || [])].sort((a, b) => Number(Boolean(a.internal))
+        - Number(Boolean(b.internal)));
       state.boundaries = boundaries.map((b) => b.name);
       tbody.replaceChildren(...(boundaries.length ? boundaries.map(row) : [emptyRow(5, "No boundaries.")]));
     } catch (err) {

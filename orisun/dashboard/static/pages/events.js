@@ -1,6 +1,8 @@
-// The events page (#/events): a boundary's events page by page, filtered by stream, type and tags.
+// The events page (#/events): a boundary's events page by page, filtered by stream (exact name or
+// prefix), type and tags; with the number of matches and "page N of M", and a search by event id
+// or position that opens the event.
 
-import { append, h, icon } from "../dom.js";
+import { append, fmtInt, h, icon } from "../dom.js";
 import { ApiError, api, describe, enc, isQuiet, loadBoundaries } from "../api.js";
 import { EVENT_COLUMNS, detailDrawer, eventHeader, eventRow } from "../event-table.js";
 import { alertBox, boundarySelect, cursorOf, emptyRow, field, pageHead, parseTags, preferredBoundary, rememberBoundary,
@@ -17,8 +19,19 @@ export async function renderEvents(view, params, signal) {
     hasNext: false,
     page: 1,
     loading: false,
+    total: null, // {count, exact, window} of the current filters, asked for on the first page
+    next: null, // the server's cursor for the next page
   };
-  const stream = textInput("filter-stream", "filter-stream", "exact stream name", params.get("stream"));
+  const prefixed = params.has("stream_prefix");
+  const stream = textInput("filter-stream", "filter-stream", "stream name",
+    prefixed ? params.get("stream_prefix") : params.get("stream"));
+  const streamMode = h("select", { id: "stream-mode", class: "mode", testid: "stream-mode",
+    "aria-label": "How the stream name matches" },
+  h("option", { value: "exact", selected: !prefixed }, "is"),
+  h("option", { value: "prefix", selected: prefixed }, "starts with"));
+  const goto = textInput("goto", "goto-input", "event id or position", "");
+  const gotoButton = h("button", { type: "button", testid: "goto-submit" }, "Go");
+  const totalLabel = h("span", { class: "total", testid: "events-total" });
   const type = textInput("filter-type", "filter-type", "e.g. OrderCreated", params.get("type"));
   const tags = textInput("filter-tags", "filter-tags", "key:value, key:value", params.getAll("tag").join(", "),
     "wide");
@@ -43,8 +56,11 @@ export async function renderEvents(view, params, signal) {
       s.boundary = value;
       first();
     }),
-    field("Stream", stream), field("Event type", type), field("Tags (all must match)", tags),
-    h("div", { class: "buttons" }, apply, reset));
+    h("label", { class: "field", for: "filter-stream" }, "Stream", h("div", { class: "goto" }, streamMode, stream)),
+    field("Event type", type), field("Tags (all must match)", tags),
+    h("div", { class: "buttons" }, apply, reset),
+    h("span", { class: "spacer" }),
+    h("label", { class: "field", for: "goto" }, "Go to", h("div", { class: "goto" }, goto, gotoButton)));
 
   append(view, pageHead("Events", "Browse a boundary's events by position; filter by stream, type and tags."),
     h("div", { class: "stack" },
@@ -54,7 +70,7 @@ export async function renderEvents(view, params, signal) {
         h("div", { class: "panel" },
           h("div", { class: "panel-head" }, title, info, h("span", { class: "spacer" }), toggle, countSelect),
           h("div", { class: "table-wrap" }, table),
-          h("div", { class: "pager" }, pageLabel, h("span", { class: "spacer" }), prev, next)),
+          h("div", { class: "pager" }, totalLabel, pageLabel, h("span", { class: "spacer" }), prev, next)),
         drawer.slot)));
 
   function drawToggle() {
@@ -66,7 +82,7 @@ export async function renderEvents(view, params, signal) {
 
   function syncHash() {
     const q = new URLSearchParams({ boundary: s.boundary });
-    if (stream.value.trim()) q.set("stream", stream.value.trim());
+    if (stream.value.trim()) q.set(streamMode.value === "prefix" ? "stream_prefix" : "stream", stream.value.trim());
     if (type.value.trim()) q.set("type", type.value.trim());
     try {
       for (const tag of parseTags(tags.value)) q.append("tag", tag);
@@ -94,10 +110,20 @@ export async function renderEvents(view, params, signal) {
     info.className = "muted num";
     info.textContent = s.events.length
       ? `${s.events.length} event${s.events.length === 1 ? "" : "s"} · positions ${Math.min(...positions)}–${Math.max(...positions)}` : "";
-    pageLabel.textContent = `Page ${s.page}`;
+    const pages = s.total && s.total.exact ? Math.max(1, Math.ceil(s.total.count / s.count)) : null;
+    pageLabel.textContent = pages ? `page ${fmtInt(s.page)} of ${fmtInt(pages)}` : `page ${fmtInt(s.page)}`;
+    pageLabel.dataset.testid = "page-label";
+    if (!s.total) totalLabel.textContent = "";
+    else {
+      const n = `${fmtInt(s.total.count)}${s.total.exact ? "" : "+"}`;
+      const scope = s.total.window ? ` in the latest ${fmtInt(s.total.window)} positions` : "";
+      totalLabel.textContent = `${n} event${s.total.count === 1 && s.total.exact ? "" : "s"}${scope} · `;
+      totalLabel.title = s.total.exact ? "" : `Counted up to ${fmtInt(s.total.count)}: there are more.`;
+    }
   }
 
-  async function fetchPage(after, direction) {
+  /** One page: {events, next, before, total}; ``at`` starts it at a position, ``withTotal`` counts. */
+  async function fetchAnswer(after, direction, { at, withTotal } = {}) {
     tags.classList.remove("invalid");
     let tagList;
     try {
@@ -107,14 +133,31 @@ export async function renderEvents(view, params, signal) {
       throw new ApiError(400, e.message, "tag");
     }
     const q = new URLSearchParams();
-    if (stream.value.trim()) q.set("stream", stream.value.trim());
+    if (stream.value.trim()) q.set(streamMode.value === "prefix" ? "stream_prefix" : "stream", stream.value.trim());
     if (type.value.trim()) q.set("type", type.value.trim());
     for (const tag of tagList) q.append("tag", tag);
     q.set("direction", direction);
     if (after) q.set("after", after);
+    if (at) q.set("at", String(at));
+    if (withTotal) q.set("total", "1");
     q.set("count", String(s.count));
-    const answer = await api(`/api/boundaries/${enc(s.boundary)}/events?${q}`, { signal });
-    return answer.events || [];
+    return api(`/api/boundaries/${enc(s.boundary)}/events?${q}`, { signal });
+  }
+
+  async function fetchPage(after, direction) {
+    return (await fetchAnswer(after, direction)).events || [];
+  }
+
+  /** Take a page answer in the page's own direction: its events, where the next one starts, and
+   * its number (from how many matches come before it, where the server knows). */
+  function take(answer, fallbackPage) {
+    s.events = answer.events || [];
+    s.next = answer.next || null;
+    s.hasNext = Boolean(s.next);
+    if (answer.total) s.total = answer.total;
+    s.page = answer.before !== null && answer.before !== undefined
+      ? Math.floor(answer.before / s.count) + 1 : fallbackPage;
+    s.hasPrev = s.page > 1 || (answer.before !== null && answer.before !== undefined && answer.before > 0);
   }
 
   async function run(step) {
@@ -128,7 +171,7 @@ export async function renderEvents(view, params, signal) {
       if (isQuiet(e)) return;
       setAlert(error, describe(e));
       if (e instanceof ApiError && e.field) {
-        const input = { stream, type, tag: tags }[e.field];
+        const input = { stream, stream_prefix: stream, type, tag: tags, event_id: goto, at: goto, goto }[e.field];
         if (input) input.classList.add("invalid");
       }
       s.events = [];
@@ -141,13 +184,41 @@ export async function renderEvents(view, params, signal) {
   }
 
   async function loadStart() {
-    s.events = await fetchPage(null, s.direction);
-    s.page = 1;
+    take(await fetchAnswer(null, s.direction, { withTotal: true }), 1);
     s.hasPrev = false;
-    s.hasNext = s.events.length === s.count;
+  }
+
+  // Go to: a position (digits) opens the page starting there; an event id finds the event, opens
+  // the page starting at its position and its detail.
+  async function jump() {
+    const text = goto.value.trim();
+    goto.classList.remove("invalid");
+    if (!text) return;
+    let position;
+    let found = null;
+    if (/^[0-9]{1,19}$/.test(text)) position = Number(text);
+    else {
+      found = await api(`/api/boundaries/${enc(s.boundary)}/events/${enc(text)}`, { signal });
+      position = found.position.prepare;
+      // Its page shows it whatever the filters: clear them.
+      stream.value = "";
+      type.value = "";
+      tags.value = "";
+      syncHash();
+    }
+    const answer = await fetchAnswer(null, s.direction, { at: position, withTotal: true });
+    take(answer, s.page);
+    if (found) {
+      draw();
+      const row = tbody.querySelector(`tr[data-event-id="${CSS.escape(found.event_id)}"]`);
+      if (row) drawer.open(s.events.find((e) => e.event_id === found.event_id), row);
+    } else if (!s.events.length) {
+      throw new ApiError(404, `No event at or ${s.direction === "desc" ? "before" : "after"} position ${text}.`, "goto");
+    }
   }
 
   function first() {
+    s.total = null;
     syncHash();
     for (const input of [stream, type, tags]) input.classList.remove("invalid");
     return run(loadStart);
@@ -155,16 +226,14 @@ export async function renderEvents(view, params, signal) {
 
   // Next: the events after the page's last one, in the same direction.
   next.addEventListener("click", () => run(async () => {
-    if (!s.events.length) return;
-    const events = await fetchPage(cursorOf(s.events[s.events.length - 1]), s.direction);
-    if (!events.length) {
+    if (!s.next) return;
+    const answer = await fetchAnswer(s.next, s.direction);
+    if (!(answer.events || []).length && !answer.next) {
       s.hasNext = false;
       return;
     }
-    s.events = events;
-    s.page += 1;
+    take(answer, s.page + 1);
     s.hasPrev = true;
-    s.hasNext = events.length === s.count;
   }));
 
   // Previous: the events before the page's first one (the opposite direction, reversed).
@@ -178,11 +247,19 @@ export async function renderEvents(view, params, signal) {
     s.page -= 1;
     s.hasPrev = s.page > 1;
     s.hasNext = true;
+    s.next = cursorOf(events[events.length - 1]);
   }));
 
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     first();
+  });
+  gotoButton.addEventListener("click", () => run(jump));
+  goto.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      run(jump);
+    }
   });
   reset.addEventListener("click", () => {
     stream.value = "";

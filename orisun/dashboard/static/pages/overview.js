@@ -2,10 +2,17 @@
 // boundary, refreshed every 2 s.
 
 import { RateChart, WINDOW_SECONDS } from "../chart.js";
-import { append, fmtDuration, fmtInt, fmtRate, fmtTime, h, icon } from "../dom.js";
+import { append, fmtBytes, fmtDuration, fmtInt, fmtRate, fmtTime, h, icon } from "../dom.js";
 import { api, describe, isQuiet, poll } from "../api.js";
 import { state } from "../state.js";
 import { alertBox, pageHead, setAlert } from "../ui.js";
+
+/** A bar of ``percent`` width (set through CSSOM: the CSP refuses style attributes). */
+function bar(percent) {
+  const fill = h("span", {});
+  fill.style.width = `${Math.round(percent)}%`;
+  return fill;
+}
 
 export async function renderOverview(view, params, signal) {
   const updated = h("span", { class: "spinner-text" }, "Loading…");
@@ -25,6 +32,9 @@ export async function renderOverview(view, params, signal) {
     h("div", { class: "label" }, icon(iconName), label), h("div", { class: "value" }, value), detail);
 
   const cards = h("div", { class: "cards" });
+  const internalCards = h("div", { class: "cards", testid: "internal-cards" });
+  const internalHead = h("h3", { class: "panel-gap" }, "Internal ",
+    h("span", { class: "internal-note" }, "Orisun's own boundary: users and the boundary catalog"));
   append(view,
     pageHead("Overview", "Boundaries, storage and messaging at a glance. Refreshes every 2 s.", updated),
     banner,
@@ -34,7 +44,9 @@ export async function renderOverview(view, params, signal) {
       tile("Version", "tag", version, versionDetail),
       tile("Uptime", "clock", uptime, uptimeDetail)),
     h("h3", { class: "panel-gap" }, "Boundaries"),
-    h("div", { class: "panel-gap" }, cards));
+    h("div", { class: "panel-gap" }, cards),
+    internalHead,
+    h("div", { class: "panel-gap" }, internalCards));
 
   const cardsByName = new Map();
   let uptimeBase = null;
@@ -62,6 +74,9 @@ export async function renderOverview(view, params, signal) {
     const streams = stat("Streams", "stat-streams");
     const head = stat("Head", "stat-head");
     const subscribers = stat("Subscribers", "stat-subscribers");
+    const storage = stat("Storage", "stat-storage");
+    const typesHead = h("span", {});
+    const typesList = h("div", { testid: "event-types" });
     const now = h("span", { class: "now" }, "–");
     const readout = h("span", {});
     const chart = new RateChart((text) => {
@@ -74,12 +89,14 @@ export async function renderOverview(view, params, signal) {
           h("a", { href: `#/events?${new URLSearchParams({ boundary })}` }, "Events"),
           h("a", { href: `#/streams?${new URLSearchParams({ boundary })}` }, "Streams"),
           h("a", { href: `#/tail?${new URLSearchParams({ boundary })}` }, "Tail"))),
-      h("div", { class: "stats" }, events.el, streams.el, head.el, subscribers.el),
+      h("div", { class: "stats" }, events.el, streams.el, head.el, subscribers.el, storage.el),
       h("div", { class: "chart-box" },
         h("div", { class: "chart-head" }, h("span", {}, "Write rate"), now, h("span", { class: "spacer" }), readout),
         chart.el,
-        h("div", { class: "chart-foot" }, h("span", {}, `${WINDOW_SECONDS / 60} min ago`), h("span", {}, "now"))));
-    return { el, events, streams, head, subscribers, now, readout, chart, schema };
+        h("div", { class: "chart-foot" }, h("span", {}, `${WINDOW_SECONDS / 60} min ago`), h("span", {}, "now"))),
+      h("div", { class: "types" }, h("div", { class: "head" }, h("span", {}, "Event types"), h("span", { class: "spacer" }),
+        typesHead), typesList));
+    return { el, events, streams, head, subscribers, storage, typesHead, typesList, now, readout, chart, schema };
   }
 
   function updateCard(card, b) {
@@ -89,6 +106,20 @@ export async function renderOverview(view, params, signal) {
     card.subscribers.value.textContent = String(b.subscribers);
     card.events.value.title = fmtInt(b.events);
     card.head.value.title = fmtInt(b.head);
+    card.storage.value.textContent = fmtBytes(b.storage_bytes);
+    card.storage.value.title = b.storage_bytes === null || b.storage_bytes === undefined ? ""
+      : `${fmtInt(b.storage_bytes)} bytes: tables, indexes and TOAST of schema ${b.schema}`;
+    const types = b.event_types || [];
+    const sampled = Number(b.event_types_sampled) || 0;
+    card.typesHead.textContent = sampled ? `of the last ${fmtInt(sampled)} events` : "";
+    card.typesHead.dataset.testid = "event-types-scope";
+    const top = Math.max(1, ...types.map((t) => Number(t.events) || 0));
+    card.typesList.replaceChildren(...(types.length ? types.slice(0, 8).map((t) => h("div",
+      { class: "type-row", testid: "event-type", dataset: { type: t.type, events: String(t.events) } },
+      h("span", { class: "name", title: t.type }, t.type),
+      h("span", { class: "bar" }, bar((100 * t.events) / top)),
+      h("span", { class: "n" }, fmtInt(t.events))))
+      : [h("span", { class: "faint" }, "No events yet.")]));
     card.schema.textContent = `schema ${b.schema}`;
     card.schema.hidden = b.schema === b.boundary;
     const rates = b.write_rate || [];
@@ -132,7 +163,7 @@ export async function renderOverview(view, params, signal) {
       if (!card) {
         card = makeCard(b.boundary);
         cardsByName.set(b.boundary, card);
-        cards.append(card.el);
+        (b.internal ? internalCards : cards).append(card.el);
       }
       updateCard(card, b);
     }
@@ -143,6 +174,7 @@ export async function renderOverview(view, params, signal) {
         cardsByName.delete(name);
       }
     }
+    internalHead.hidden = !overview.boundaries.some((b) => b.internal);
     if (!overview.boundaries.length) cards.replaceChildren(h("div", { class: "panel empty" }, "No boundaries."));
     updated.textContent = `Updated ${new Date().toTimeString().slice(0, 8)}`;
   }

@@ -1,4 +1,5 @@
-// The streams page (#/streams): a boundary's streams by name, each linking to its events.
+// The streams page (#/streams): a boundary's streams by name or by last write (newest first), each
+// linking to its events.
 
 import { append, fmtAgo, fmtInt, fmtTime, h, icon } from "../dom.js";
 import { api, describe, enc, isQuiet, loadBoundaries } from "../api.js";
@@ -10,6 +11,10 @@ export async function renderStreams(view, params, signal) {
   const PAGE = 50;
   const s = { boundary: preferredBoundary(names, params.get("boundary")), after: null, stack: [], next: null };
   const prefix = textInput("filter-prefix", "filter-prefix", "e.g. order-", params.get("prefix"));
+  const byWrite = params.get("order") === "last_write";
+  const order = h("select", { id: "streams-order", testid: "streams-order", "aria-label": "Order" },
+    h("option", { value: "name", selected: !byWrite }, "Name"),
+    h("option", { value: "last_write", selected: byWrite }, "Last write, newest first"));
   const apply = h("button", { type: "submit", class: "primary", testid: "filter-apply" }, icon("filter"), "Apply");
   const error = alertBox("error", "streams-error");
   const tbody = h("tbody", {});
@@ -21,17 +26,17 @@ export async function renderStreams(view, params, signal) {
       s.boundary = value;
       first();
     }),
-    field("Name starts with", prefix), h("div", { class: "buttons" }, apply));
+    field("Name starts with", prefix), field("Order by", order), h("div", { class: "buttons" }, apply));
 
   const title = h("h2", {});
+  const orderHint = h("span", { class: "hint", testid: "streams-order-hint" });
   append(view, pageHead("Streams", "The streams of a boundary by name, with their version and last write. "
     + "Open one to see its events."),
   h("div", { class: "stack" },
     h("div", { class: "panel" }, form),
     error,
     h("div", { class: "panel" },
-      h("div", { class: "panel-head" }, title, h("span", { class: "spacer" }), h("span", { class: "hint" },
-        "Ordered by name")),
+      h("div", { class: "panel-head" }, title, h("span", { class: "spacer" }), orderHint),
       h("div", { class: "table-wrap" }, h("table", { class: "data", testid: "streams-table" },
         h("thead", {}, h("tr", {}, h("th", {}, "Stream"), h("th", { class: "num" }, "Version"),
           h("th", { class: "num" }, "Events"), h("th", {}, "Last write (UTC)"), h("th", {}, ""))),
@@ -63,7 +68,11 @@ export async function renderStreams(view, params, signal) {
     next.disabled = true;
     const q = new URLSearchParams({ count: String(PAGE) });
     if (prefix.value) q.set("prefix", prefix.value);
-    if (after) q.set("after", after);
+    if (order.value === "last_write") {
+      q.set("order", "last_write");
+      if (after) q.set("before", after);
+    } else if (after) q.set("after", after);
+    orderHint.textContent = order.value === "last_write" ? "Ordered by last write, newest first" : "Ordered by name";
     try {
       const answer = await api(`/api/boundaries/${enc(s.boundary)}/streams?${q}`, { signal });
       s.after = after;
@@ -88,6 +97,7 @@ export async function renderStreams(view, params, signal) {
     rememberBoundary(s.boundary);
     const q = new URLSearchParams({ boundary: s.boundary });
     if (prefix.value) q.set("prefix", prefix.value);
+    if (order.value !== "name") q.set("order", order.value);
     history.replaceState(null, "", `#/streams?${q}`);
     return load(null);
   }
@@ -101,6 +111,7 @@ export async function renderStreams(view, params, signal) {
     if (!s.stack.length) return;
     load(s.stack.pop());
   });
+  order.addEventListener("change", () => first());
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     first();

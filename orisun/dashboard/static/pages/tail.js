@@ -1,4 +1,6 @@
-// The live tail page (#/tail): events as they are committed, over Server-Sent Events.
+// The live tail page (#/tail): events as they are committed, over Server-Sent Events. Pause keeps
+// the connection and holds new events back (up to TAIL_KEEP; beyond that they are counted as
+// skipped); Resume shows them.
 
 import { append, fmtInt, h, icon } from "../dom.js";
 import { api, describe, enc, isQuiet, loadBoundaries } from "../api.js";
@@ -10,7 +12,8 @@ const TAIL_KEEP = 500;
 
 export async function renderTail(view, params, signal) {
   const names = await loadBoundaries(signal);
-  const s = { boundary: preferredBoundary(names, params.get("boundary")), source: null, received: 0 };
+  const s = { boundary: preferredBoundary(names, params.get("boundary")), source: null, received: 0,
+    paused: false, held: [], skipped: 0 };
   const stream = textInput("filter-stream", "filter-stream", "exact stream name", params.get("stream"));
   const type = textInput("filter-type", "filter-type", "e.g. OrderCreated", params.get("type"));
   const tags = textInput("filter-tags", "filter-tags", "key:value, key:value", params.getAll("tag").join(", "),
@@ -18,6 +21,9 @@ export async function renderTail(view, params, signal) {
   const start = h("button", { type: "submit", class: "primary", testid: "tail-start" }, icon("play"), "Start");
   const stop = h("button", { type: "button", testid: "tail-stop", disabled: true }, icon("stop"), "Stop");
   const clear = h("button", { type: "button", class: "small" }, "Clear");
+  const pause = h("button", { type: "button", class: "small", testid: "tail-pause", disabled: true });
+  const pausedNote = h("span", { class: "tail-paused", testid: "tail-paused", hidden: true });
+  const skippedNote = alertBox("info", "tail-skipped");
   const status = h("span", { testid: "tail-status", "aria-live": "polite" });
   const counter = h("span", { class: "muted num" });
   const error = alertBox("error", "tail-error");
@@ -39,7 +45,9 @@ export async function renderTail(view, params, signal) {
       error,
       h("div", { class: "split" },
         h("div", { class: "panel" },
-          h("div", { class: "panel-head" }, title, status, h("span", { class: "spacer" }), counter, clear),
+          h("div", { class: "panel-head" }, title, status, pausedNote, h("span", { class: "spacer" }), counter, pause,
+            clear),
+          skippedNote,
           h("div", { class: "table-wrap" },
             h("table", { class: "data", testid: "tail-table" }, eventHeader(), tbody))),
         drawer.slot)));
@@ -54,6 +62,42 @@ export async function renderTail(view, params, signal) {
 
   function drawCounter() {
     counter.textContent = `${fmtInt(s.received)} received`;
+    pause.replaceChildren(icon(s.paused ? "play" : "stop"), s.paused ? "Resume" : "Pause");
+    pause.dataset.paused = String(s.paused);
+    pausedNote.hidden = !s.paused;
+    pausedNote.textContent = `paused · ${fmtInt(s.held.length + s.skipped)} new event`
+      + `${s.held.length + s.skipped === 1 ? "" : "s"} waiting`;
+  }
+
+  function setPaused(paused) {
+    s.paused = paused;
+    if (!paused) {
+      const held = s.held;
+      const skipped = s.skipped;
+      s.held = [];
+      s.skipped = 0;
+      for (const event of held) show(event);
+      setAlert(skippedNote, skipped ? `${fmtInt(skipped)} event${skipped === 1 ? "" : "s"} arrived while paused `
+        + `beyond the ${TAIL_KEEP} held back and ${skipped === 1 ? "is" : "are"} not shown; the Events page has them.`
+        : "");
+    }
+    drawCounter();
+  }
+
+  /** An event from the server: shown, or held back while paused (the oldest beyond TAIL_KEEP skipped). */
+  function receive(event) {
+    s.received += 1;
+    drawCounter();
+    if (!s.paused) {
+      show(event);
+      return;
+    }
+    s.held.push(event);
+    if (s.held.length > TAIL_KEEP) {
+      s.held.shift();
+      s.skipped += 1;
+    }
+    drawCounter();
   }
 
   function placeholder() {
@@ -66,6 +110,7 @@ export async function renderTail(view, params, signal) {
   function setRunning(running) {
     start.disabled = running;
     stop.disabled = !running;
+    pause.disabled = !running;
     for (const input of [stream, type, tags, select.querySelector("select")]) input.disabled = running;
   }
 
@@ -74,14 +119,13 @@ export async function renderTail(view, params, signal) {
       s.source.close();
       s.source = null;
     }
+    if (s.paused) setPaused(false); // what was held back is shown
     setRunning(false);
     setStatus("disconnected");
     placeholder();
   }
 
   function show(event) {
-    s.received += 1;
-    drawCounter();
     const empty = tbody.querySelector("td.empty");
     if (empty) empty.parentElement.remove();
     const row = eventRow(event, "tail-row", drawer.open);
@@ -128,7 +172,7 @@ export async function renderTail(view, params, signal) {
     source.addEventListener("event", (message) => {
       if (s.source !== source) return;
       try {
-        show(JSON.parse(message.data));
+        receive(JSON.parse(message.data));
       } catch {
         // not an event: ignore
       }
@@ -167,6 +211,7 @@ export async function renderTail(view, params, signal) {
     if (!s.source) startTail();
   });
   stop.addEventListener("click", stopTail);
+  pause.addEventListener("click", () => setPaused(!s.paused));
   clear.addEventListener("click", () => {
     tbody.replaceChildren();
     s.received = 0;

@@ -86,6 +86,7 @@ export async function renderUsers(view, params, signal) {
         pwInput.value = "";
         pwForm.hidden = true;
         setAlert(notice, `Password of ${user.username} changed.`);
+        window.dispatchEvent(new Event("orisun:users-changed")); // the default-password banner looks again
       } catch (err) {
         if (isQuiet(err)) return;
         pwInput.classList.add("invalid");
