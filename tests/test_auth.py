@@ -21,8 +21,8 @@ from orisun._proto import eventstore_pb2_grpc as pb_grpc
 from orisun.model import Role
 from orisun.service.users import hash_password
 from orisun.transport.auth import client_address
+from tests.dashboard_client import Client
 from tests.support import ADMIN, ServerThread, StreamReader, auth_metadata, grpcurl, wait_for
-from tests.test_dashboard_http import Client
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -321,7 +321,7 @@ def test_dashboard_over_https_in_chromium(tls_server: ServerThread, pki: Pki) ->
     HTTPS, and holds a Secure session cookie."""
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, login
+    from tests.dashboard_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, login
 
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's Chromium", pytrace=False)
