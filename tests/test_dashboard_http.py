@@ -44,8 +44,6 @@ DATA_BOUNDARIES = ["dash_overview", "dash_empty", "dash_events", "dash_tail", "d
 BOUNDARIES = {"orisun_admin": "orisun_admin", **{name: name for name in DATA_BOUNDARIES}}
 
 
-
-
 # --- Fixtures ------------------------------------------------------------------------------------
 
 

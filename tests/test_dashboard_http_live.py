@@ -40,8 +40,6 @@ DATA_BOUNDARIES = ["dash_overview", "dash_empty", "dash_events", "dash_tail", "d
 BOUNDARIES = {"orisun_admin": "orisun_admin", **{name: name for name in DATA_BOUNDARIES}}
 
 
-
-
 # --- Fixtures ------------------------------------------------------------------------------------
 
 
@@ -54,10 +52,6 @@ def dash(postgres: EmbeddedPostgres) -> Iterator[ServerThread]:
 @pytest.fixture(scope="module")
 def admin(dash: ServerThread) -> Client:
     return logged_in(dash)
-
-
-# The events of dash_events: (stream, [(event_type, tags)]) per write, in this order.
-TagList = tuple[tuple[str, str], ...]
 
 
 # --- Live tail -------------------------------------------------------------------------------
