@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import grpc
@@ -24,6 +25,32 @@ from orisun.transport.servicer import SERVICE_NAME, EventStoreServicer
 
 KEEPALIVE_TIME_MS = 4_000
 KEEPALIVE_TIMEOUT_MS = 4_000
+# What grpc.aio logs, at ERROR with a traceback, when a write to a call fails in gRPC's core: in
+# practice a client that went away (cancelled, disconnected) while a streamed response was being
+# written, which the server can neither prevent nor act on. The call itself ends as CANCELLED.
+_WRITE_FAILED = "ExecuteBatchError raised in core by servicer method"
+
+
+class _ClientGoneFilter(logging.Filter):
+    """gRPC's "ExecuteBatchError raised in core" record made one DEBUG line: routine, not a fault
+    (an operator's ERROR alerts would fire for every subscriber that disconnects mid-write)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_WRITE_FAILED):
+            record.msg = "a client went away while a streamed response was written to it: " + record.getMessage()
+            record.args = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            # Its logger lets ERROR pass; a record turned DEBUG must still respect the level it is set to.
+            return logging.getLogger("grpc").getEffectiveLevel() <= logging.DEBUG
+        return True
+
+
+def quiet_client_gone() -> None:
+    """Install _ClientGoneFilter on grpc.aio's logger once per process."""
+    cygrpc = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(each, _ClientGoneFilter) for each in cygrpc.filters):
+        cygrpc.addFilter(_ClientGoneFilter())
 
 
 class GrpcServer:
@@ -50,6 +77,7 @@ class GrpcServer:
         self._requested_port = port
         self.port = 0
         self._gate = Gate()
+        quiet_client_gone()
         self.server = grpc.aio.server(
             interceptors=[AuthInterceptor(users, self._gate)],
             options=[
