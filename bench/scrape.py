@@ -1,9 +1,9 @@
 """The cost of a ``GET /metrics`` scrape as a node's store grows, under load, with a lagging subscription.
 
 A node (``--workers``, default 2) serves one boundary. In rounds, the store is grown to each size
-of ``--sizes`` (events, written 1,000 per SaveEvents call), then, while ``--writers`` client
-threads append one event per call, ``--scrapes`` scrapes are timed (p50/p99) beside the same
-number of raw PostgreSQL reads of the boundary's head (``SELECT position FROM <schema>.head``,
+of ``--sizes`` (events, written 1,000 per SaveEvents call); ``--scrapes`` scrapes are timed with
+no other load (``idle``), then again while ``--writers`` client threads append one event per call
+(p50/p99), beside the same number of raw PostgreSQL reads of the boundary's head (``SELECT position FROM <schema>.head``,
 what a scrape reads per boundary) in the same round, since the machine is noisy. A scrape that
 stays flat while the store grows 100-fold is what "bounded" means here; the ratio to the raw
 read shows the fixed price of asking the workers, NATS and the pools.
@@ -103,15 +103,16 @@ def main() -> None:
         with psycopg.connect(pg.conninfo, autocommit=True) as conn:
             schema = BOUNDARY  # ORISUN_PG_SCHEMAS=<name>: the schema has the boundary's name
             query = f"SELECT position FROM {schema}.head"  # a constant identifier of this script
-            print(f"{'events':>10} {'scrape p50':>11} {'p99':>8} {'raw head p50':>13} {'p99':>8} {'ratio p50':>9}"
-                  f" {'billing lag':>12}")
+            print(f"{'events':>10} {'idle p50':>9} {'scrape p50':>11} {'p99':>8} {'raw head p50':>13} {'p99':>8}"
+                  f" {'ratio p50':>9} {'billing lag':>12}")
             text = ""
             for size in sizes:
                 head = _grow(stub, head, size)
+                _scrape(url)  # warm: the first scrape opens what later ones reuse
+                idle = _timed(lambda: _scrape(url), args.scrapes)
                 stop = threading.Event()
                 threads = _writers(node.address, args.writers, stop)
                 try:
-                    _scrape(url)  # warm: the first scrape opens what later ones reuse
                     scraped = _timed(lambda: _scrape(url), args.scrapes)
                     raw = _timed(lambda: conn.execute(query).fetchone(), args.scrapes)
                     text = _scrape(url)
@@ -123,9 +124,9 @@ def main() -> None:
                             for sample in family.samples
                             if sample.name == "orisun_subscription_lag_events"
                             and sample.labels.get("subscriber") == "billing"), float("nan"))
-                (s50, s99), (r50, r99) = percentiles(scraped), percentiles(raw)
-                print(f"{size:>10,} {s50:>9.1f}ms {s99:>6.1f}ms {r50:>11.2f}ms {r99:>6.2f}ms {s50 / r50:>9.0f}"
-                      f" {lag:>12,.0f}", flush=True)
+                (s50, s99), (r50, r99), (i50, _) = percentiles(scraped), percentiles(raw), percentiles(idle)
+                print(f"{size:>10,} {i50:>7.1f}ms {s50:>9.1f}ms {s99:>6.1f}ms {r50:>11.2f}ms {r99:>6.2f}ms"
+                      f" {s50 / r50:>9.0f} {lag:>12,.0f}", flush=True)
         lagging.cancel()
         channel.close()
         if args.print_scrape:
