@@ -66,14 +66,15 @@ export async function renderOverview(view, params, signal) {
   }
 
   function makeCard(boundary) {
-    const stat = (label, testid) => {
+    const stat = (label, testid, title = label) => {
       const value = h("div", { class: "value", testid }, "–");
-      return { value, el: h("div", { class: "stat" }, h("div", { class: "label", title: label }, label), value) };
+      return { value, el: h("div", { class: "stat" }, h("div", { class: "label", title }, label), value) };
     };
     const events = stat("Events", "stat-events");
     const streams = stat("Streams", "stat-streams");
     const head = stat("Head", "stat-head");
-    const subscribers = stat("Subscribers", "stat-subscribers");
+    // "Subscribers" does not fit a fifth of a card: the short label, the long one on hover.
+    const subscribers = stat("Subs", "stat-subscribers", "Subscribers: open subscription calls on this node");
     const storage = stat("Storage", "stat-storage");
     const typesHead = h("span", {});
     const typesList = h("div", { testid: "event-types" });
