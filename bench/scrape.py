@@ -3,8 +3,9 @@
 A node (``--workers``, default 2) serves one boundary. In rounds, the store is grown to each size
 of ``--sizes`` (events, written 1,000 per SaveEvents call); ``--scrapes`` scrapes are timed with
 no other load (``idle``), then again while ``--writers`` client threads append one event per call
-(p50/p99), beside the same number of raw PostgreSQL reads of the boundary's head (``SELECT position FROM <schema>.head``,
-what a scrape reads per boundary) in the same round, since the machine is noisy. A scrape that
+(p50/p99), beside the same number of raw PostgreSQL reads of the boundary's head
+(``SELECT position FROM <schema>.head``, what a scrape reads per boundary) in the same round,
+since the machine is noisy. A scrape that
 stays flat while the store grows 100-fold is what "bounded" means here; the ratio to the raw
 read shows the fixed price of asking the workers, NATS and the pools.
 
